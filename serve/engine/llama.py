@@ -1,0 +1,191 @@
+"""Llama-family decoder (Llama 2/3, SmolLM2, Mistral without sliding window) reading HF checkpoints.
+
+Weights are fused at load time: q/k/v into one projection and gate/up into another, so a layer runs four
+matmuls. Attention reads and writes the paged KV cache (see :mod:`serve.engine.attention`); LoRA deltas for
+many adapters are added in the same pass (see :mod:`serve.engine.lora`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lorafleet.errors import ArtifactError
+from serve.engine.attention import AttnMetadata, decode_attention, prefill_attention, write_kv
+from serve.engine.lora import LoraBatch, LoraStack
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaSpec:
+    """Shapes read from an HF ``config.json``."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    rms_norm_eps: float
+    tie_word_embeddings: bool
+    max_position_embeddings: int
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict[str, Any], source: str = "config.json") -> "LlamaSpec":
+        model_type = cfg.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ArtifactError(
+                f"{source}: unsupported architecture '{model_type}' (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+            )
+        if cfg.get("attention_bias") or cfg.get("mlp_bias"):
+            raise ArtifactError(f"{source}: attention/MLP biases are not supported")
+        if model_type == "mistral" and cfg.get("sliding_window"):
+            raise ArtifactError(f"{source}: sliding-window attention is not supported")
+        heads = cfg["num_attention_heads"]
+        return cls(
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            vocab_size=cfg["vocab_size"],
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+        )
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm computed in fp32 and cast back, exactly as HF Llama does."""
+    dtype = x.dtype
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [n, heads, hd] with per-token ``cos``/``sin`` [n, 1, hd] (HF's rotate-half convention)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class LlamaLayer(nn.Module):
+    def __init__(self, spec: LlamaSpec) -> None:
+        super().__init__()
+        h, i = spec.hidden_size, spec.intermediate_size
+        self.input_norm = nn.Parameter(torch.empty(h), requires_grad=False)
+        self.post_attn_norm = nn.Parameter(torch.empty(h), requires_grad=False)
+        self.qkv = nn.Parameter(torch.empty(spec.q_size + 2 * spec.kv_size, h), requires_grad=False)
+        self.o = nn.Parameter(torch.empty(h, spec.q_size), requires_grad=False)
+        self.gate_up = nn.Parameter(torch.empty(2 * i, h), requires_grad=False)
+        self.down = nn.Parameter(torch.empty(h, i), requires_grad=False)
+
+
+class LlamaForCausalLM(nn.Module):
+    """The decoder. ``forward`` returns final hidden states; ``compute_logits`` applies norm + LM head."""
+
+    def __init__(self, spec: LlamaSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.embed = nn.Parameter(torch.empty(spec.vocab_size, spec.hidden_size), requires_grad=False)
+        self.layers = nn.ModuleList(LlamaLayer(spec) for _ in range(spec.num_layers))
+        self.norm = nn.Parameter(torch.empty(spec.hidden_size), requires_grad=False)
+        self.lm_head = (
+            self.embed if spec.tie_word_embeddings
+            else nn.Parameter(torch.empty(spec.vocab_size, spec.hidden_size), requires_grad=False)
+        )
+        self.scale = spec.head_dim**-0.5
+
+    def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy HF ``LlamaForCausalLM`` tensors into the fused parameters (raises on missing names)."""
+
+        def take(name: str) -> torch.Tensor:
+            try:
+                return state[name]
+            except KeyError:
+                raise ArtifactError(f"checkpoint is missing tensor '{name}'") from None
+
+        with torch.no_grad():
+            self.embed.copy_(take("model.embed_tokens.weight"))
+            self.norm.copy_(take("model.norm.weight"))
+            if not self.spec.tie_word_embeddings:
+                self.lm_head.copy_(take("lm_head.weight"))
+            for i, layer in enumerate(self.layers):
+                p = f"model.layers.{i}."
+                layer.input_norm.copy_(take(p + "input_layernorm.weight"))
+                layer.post_attn_norm.copy_(take(p + "post_attention_layernorm.weight"))
+                layer.qkv.copy_(torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"]))
+                layer.o.copy_(take(p + "self_attn.o_proj.weight"))
+                layer.gate_up.copy_(torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]))
+                layer.down.copy_(take(p + "mlp.down_proj.weight"))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [N]
+        cos: torch.Tensor,  # [N, 1, head_dim]
+        sin: torch.Tensor,  # [N, 1, head_dim]
+        meta: AttnMetadata,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        lora: LoraStack | None = None,
+        lora_batch: LoraBatch | None = None,
+    ) -> torch.Tensor:  # [N, hidden]
+        spec = self.spec
+        n = input_ids.shape[0]
+        h = F.embedding(input_ids, self.embed)
+        for li, layer in enumerate(self.layers):
+            k_cache, v_cache = kv_caches[li]
+            x = rms_norm(h, layer.input_norm, spec.rms_norm_eps)
+            qkv = F.linear(x, layer.qkv)
+            if lora_batch is not None:
+                qkv = qkv + lora.delta(li, "qkv", x, lora_batch)
+            q, k, v = qkv.split([spec.q_size, spec.kv_size, spec.kv_size], dim=-1)
+            q = apply_rope(q.view(n, spec.num_heads, spec.head_dim), cos, sin)
+            k = apply_rope(k.view(n, spec.num_kv_heads, spec.head_dim), cos, sin)
+            v = v.view(n, spec.num_kv_heads, spec.head_dim)
+            write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+            attn = self._attention(q, k, v, k_cache, v_cache, meta).reshape(n, spec.q_size)
+            o = F.linear(attn, layer.o)
+            if lora_batch is not None:
+                o = o + lora.delta(li, "o", attn, lora_batch)
+            h = h + o
+            x = rms_norm(h, layer.post_attn_norm, spec.rms_norm_eps)
+            gu = F.linear(x, layer.gate_up)
+            if lora_batch is not None:
+                gu = gu + lora.delta(li, "gate_up", x, lora_batch)
+            g, u = gu.chunk(2, dim=-1)
+            act = F.silu(g) * u
+            d = F.linear(act, layer.down)
+            if lora_batch is not None:
+                d = d + lora.delta(li, "down", act, lora_batch)
+            h = h + d
+        return h
+
+    def _attention(self, q, k, v, k_cache, v_cache, meta: AttnMetadata) -> torch.Tensor:
+        parts = []
+        nd = meta.num_decodes
+        if nd:
+            parts.append(decode_attention(q[:nd], k_cache, v_cache, meta, self.scale))
+        for span in meta.prefills:
+            s, e = span.token_start, span.token_start + span.num_tokens
+            parts.append(prefill_attention(q[s:e], k[s:e], v[s:e], k_cache, v_cache, span, self.scale))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` [n, hidden] → fp32 logits [n, vocab]."""
+        return F.linear(rms_norm(hidden, self.norm, self.spec.rms_norm_eps), self.lm_head).float()

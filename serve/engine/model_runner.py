@@ -1,0 +1,203 @@
+"""The model runner: owns the weights, the KV pool and the LoRA stack, and turns a :class:`SchedulerOutput`
+into tensors, runs the forward pass and samples. This is the only engine module that builds tensors."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lorafleet.loading import load_hf_config, load_state_dict
+from serve.engine.attention import AttnMetadata, PrefillSpan
+from serve.engine.config import EngineConfig
+from serve.engine.kv_math import DTYPE_BYTES, GIB, kv_bytes_per_token, num_kv_blocks
+from serve.engine.llama import LlamaForCausalLM, LlamaSpec
+from serve.engine.lora import LoraAdapter, LoraStack
+from serve.engine.sampler import SamplingBatch, sample
+from serve.engine.scheduler import ScheduledSeq, SchedulerOutput
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLayout:
+    """Facts known only after loading the model and sizing the KV pool."""
+
+    num_kv_blocks: int
+    block_size: int
+    max_model_len: int  #: context cap (prompt + output) in tokens
+    vocab_size: int
+    device: str
+    dtype: str
+    kv_bytes_per_token: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerOutput:
+    """Tokens sampled in one step, by sequence id (only sequences whose step reached their last token)."""
+
+    sampled: dict[str, int]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class ModelRunner:
+    def __init__(self, cfg: EngineConfig, checkpoint: Path) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.dtype = getattr(torch, cfg.dtype)
+        if self.device.type == "cpu":
+            torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
+        hf_cfg = load_hf_config(checkpoint)
+        self.spec = LlamaSpec.from_hf_config(hf_cfg, str(checkpoint / "config.json"))
+        self.model = self._load_model(checkpoint)
+        per_token = kv_bytes_per_token(self.spec.num_layers, self.spec.num_kv_heads, self.spec.head_dim, DTYPE_BYTES[cfg.dtype])
+        blocks = cfg.num_kv_blocks or num_kv_blocks(int(cfg.kv_cache_gb * GIB), per_token, cfg.block_size)
+        max_len = min(cfg.max_model_len or self.spec.max_position_embeddings, blocks * cfg.block_size)
+        self.layout = EngineLayout(blocks, cfg.block_size, max_len, self.spec.vocab_size, str(self.device), cfg.dtype, per_token)
+        slots = blocks * cfg.block_size
+        shape = (slots, self.spec.num_kv_heads, self.spec.head_dim)
+        self.kv_caches = [
+            (torch.zeros(shape, dtype=self.dtype, device=self.device), torch.zeros(shape, dtype=self.dtype, device=self.device))
+            for _ in range(self.spec.num_layers)
+        ]
+        self.cos, self.sin = self._rope_tables(checkpoint, max_len)
+        self.lora = LoraStack(self.spec, cfg.max_loras, cfg.max_lora_rank, self.dtype, self.device) if cfg.max_loras else None
+        self._generators: dict[str, torch.Generator] = {}
+        self._default_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+
+    def _load_model(self, checkpoint: Path) -> LlamaForCausalLM:
+        with torch.device("meta"):
+            model = LlamaForCausalLM(self.spec)
+        model = model.to_empty(device=self.device).to(self.dtype)
+        if self.spec.tie_word_embeddings:
+            model.lm_head = model.embed
+        model.load_hf_state_dict(load_state_dict(checkpoint))
+        return model.eval()
+
+    def _rope_tables(self, checkpoint: Path, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [max_len, head_dim] from transformers' own rotary embedding, so every rope type it knows
+        (default, linear, dynamic, llama3, yarn, ...) matches HF exactly."""
+        from transformers import AutoConfig
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+        rotary = LlamaRotaryEmbedding(AutoConfig.from_pretrained(checkpoint))
+        positions = torch.arange(max_len)[None]
+        cos, sin = rotary(torch.zeros(1, dtype=torch.float32), positions)
+        return cos[0].to(self.device, self.dtype), sin[0].to(self.device, self.dtype)
+
+    # -- adapters --------------------------------------------------------------------------------------
+    def set_adapter_slot(self, slot: int, adapter: LoraAdapter | None) -> None:
+        if self.lora is None:
+            raise RuntimeError("engine started with max_loras=0")
+        self.lora.set_slot(slot, adapter)
+
+    def release(self, seq_id: str) -> None:
+        """Forget per-sequence state (its RNG) once it finished."""
+        self._generators.pop(seq_id, None)
+
+    # -- one step --------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> RunnerOutput:
+        items = sorted(out.scheduled, key=lambda it: it.num_new_tokens != 1)  # decodes first (stable)
+        input_ids, positions, meta, sample_rows = self._prepare(items)
+        lora_batch = None
+        if self.lora is not None:
+            row_slots = [it.seq.lora_slot for it in items for _ in range(it.num_new_tokens)]
+            lora_batch = self.lora.make_batch(row_slots)
+        pos = torch.tensor(positions, device=self.device)
+        hidden = self.model(
+            torch.tensor(input_ids, device=self.device),
+            self.cos[pos].unsqueeze(1),
+            self.sin[pos].unsqueeze(1),
+            meta,
+            self.kv_caches,
+            self.lora,
+            lora_batch,
+        )
+        sampling_items = [it for it in items if it.samples]
+        if not sampling_items:
+            return RunnerOutput({})
+        logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=self.device)])
+        tokens = sample(logits, self._sampling_batch(sampling_items), self._default_generator)
+        return RunnerOutput({it.seq.seq_id: t for it, t in zip(sampling_items, tokens)})
+
+    def _prepare(self, items: list[ScheduledSeq]) -> tuple[list[int], list[int], AttnMetadata, list[int]]:
+        bs = self.cfg.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slot_mapping: list[int] = []
+        sample_rows: list[int] = []
+        decodes = [it for it in items if it.num_new_tokens == 1]
+        prefills: list[PrefillSpan] = []
+        for it in items:
+            seq, start, n = it.seq, it.start, it.num_new_tokens
+            token_start = len(input_ids)
+            input_ids.extend(seq.token_ids[start:start + n])
+            positions.extend(range(start, start + n))
+            table = seq.block_table
+            slot_mapping.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
+            if it.samples:
+                sample_rows.append(token_start + n - 1)
+            if n > 1:
+                prefills.append(self._prefill_span(token_start, start, n, table))
+        decode_slots = decode_mask = None
+        if decodes:
+            decode_slots, decode_mask = self._decode_context(decodes)
+        meta = AttnMetadata(
+            slot_mapping=torch.tensor(slot_mapping, device=self.device),
+            num_decodes=len(decodes),
+            decode_slots=decode_slots,
+            decode_mask=decode_mask,
+            prefills=tuple(prefills),
+        )
+        return input_ids, positions, meta, sample_rows
+
+    def _block_slots(self, tables: torch.Tensor) -> torch.Tensor:
+        """Block tables [rows, num_blocks] → token slots [rows, num_blocks * block_size]."""
+        bs = self.cfg.block_size
+        offsets = torch.arange(bs, device=self.device)
+        return (tables[:, :, None] * bs + offsets).flatten(1)
+
+    def _decode_context(self, decodes: list[ScheduledSeq]) -> tuple[torch.Tensor, torch.Tensor]:
+        bs = self.cfg.block_size
+        ctx_lens = [it.start + 1 for it in decodes]
+        width = -(-max(ctx_lens) // bs)
+        tables = torch.tensor([it.seq.block_table[:width] + [0] * (width - len(it.seq.block_table[:width])) for it in decodes],
+                              device=self.device)
+        slots = self._block_slots(tables)
+        valid = torch.arange(width * bs, device=self.device)[None, :] < torch.tensor(ctx_lens, device=self.device)[:, None]
+        mask = torch.zeros(valid.shape, dtype=self.dtype, device=self.device).masked_fill(~valid, float("-inf"))
+        return slots, mask[:, None, None, :]
+
+    def _prefill_span(self, token_start: int, start: int, n: int, table: list[int]) -> PrefillSpan:
+        if start == 0:
+            return PrefillSpan(token_start, n, None, None)
+        ctx = start + n
+        slots = self._block_slots(torch.tensor([table[: -(-ctx // self.cfg.block_size)]], device=self.device))[0, :ctx]
+        q_pos = torch.arange(start, ctx, device=self.device)[:, None]
+        k_pos = torch.arange(ctx, device=self.device)[None, :]
+        mask = torch.zeros((n, ctx), dtype=self.dtype, device=self.device).masked_fill(k_pos > q_pos, float("-inf"))
+        return PrefillSpan(token_start, n, slots, mask)
+
+    def _sampling_batch(self, items: list[ScheduledSeq]) -> SamplingBatch:
+        gens = []
+        for it in items:
+            p = it.seq.params
+            if p.seed is not None and not p.is_greedy:
+                g = self._generators.get(it.seq.seq_id)
+                if g is None:
+                    g = self._generators[it.seq.seq_id] = torch.Generator(device=self.device).manual_seed(p.seed)
+                gens.append(g)
+            else:
+                gens.append(None)
+        return SamplingBatch(
+            temperatures=tuple(it.seq.params.temperature for it in items),
+            top_ps=tuple(it.seq.params.top_p for it in items),
+            top_ks=tuple(it.seq.params.top_k for it in items),
+            generators=tuple(gens),
+        )
