@@ -1,9 +1,16 @@
-"""Process-wide settings read from the environment. Stdlib only; no I/O beyond reading env vars."""
+"""Typed configuration shared by the CLI and the stages, plus paths from the environment.
+
+Stdlib only: no torch, no I/O beyond reading env vars. Configs are validated in ``__post_init__`` and never
+written to afterwards; facts known only at runtime (KV block count, EOS ids) live in the engine's ``EngineLayout``.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from lorafleet.errors import ConfigError
 
 #: Default block size of the paged KV cache, in tokens per block.
 DEFAULT_BLOCK_SIZE = 16
@@ -18,3 +25,78 @@ def lorafleet_home() -> Path:
 def models_dir() -> Path:
     """Directory holding provisioned HF checkpoints, one sub-directory per model name."""
     return lorafleet_home() / "models"
+
+
+ENGINE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Settings of one engine instance. Every field has a CLI flag of the same name on ``lorafleet serve``."""
+
+    model: str = field(metadata={"help": "Provisioned model name or path to an HF checkpoint directory."})
+    dtype: str = field(default="bfloat16", metadata={"help": "Weight and activation dtype: float32, bfloat16, float16."})
+    device: str = field(default="auto", metadata={"help": "'cpu', 'cuda' or 'auto' (CUDA when present)."})
+    block_size: int = field(default=DEFAULT_BLOCK_SIZE, metadata={"help": "Tokens per KV-cache block."})
+    kv_cache_gb: float = field(default=1.0, metadata={"help": "KV-cache budget in GiB, preallocated at start."})
+    num_kv_blocks: int | None = field(
+        default=None, metadata={"help": "Exact number of KV blocks; overrides kv_cache_gb (tests, tuning)."}
+    )
+    max_num_seqs: int = field(default=64, metadata={"help": "Most sequences in one running batch."})
+    max_num_batched_tokens: int = field(
+        default=512, metadata={"help": "Token budget of one step; long prompts are prefilled in chunks of at most this."}
+    )
+    max_model_len: int | None = field(
+        default=None, metadata={"help": "Context length (prompt + output); default: the model's, capped by the KV cache."}
+    )
+    enable_prefix_caching: bool = field(default=True, metadata={"help": "Share full KV blocks across requests by content hash."})
+    max_loras: int = field(default=8, metadata={"help": "Adapters resident at once (LRU-unloaded beyond this)."})
+    max_lora_rank: int = field(default=16, metadata={"help": "Largest LoRA rank accepted; adapter slots are this wide."})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the decode step (slow start, faster steps)."})
+    num_threads: int | None = field(default=None, metadata={"help": "torch intra-op threads on CPU (default: all cores)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the sampler for requests without their own seed."})
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.dtype not in ENGINE_DTYPES:
+            problems.append(f"dtype must be one of {ENGINE_DTYPES}, got '{self.dtype}'")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            problems.append(f"device must be 'auto', 'cpu' or 'cuda[:N]', got '{self.device}'")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            problems.append(f"block_size must be a positive power of two, got {self.block_size}")
+        if self.kv_cache_gb <= 0:
+            problems.append(f"kv_cache_gb must be positive, got {self.kv_cache_gb}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 2:
+            problems.append(f"num_kv_blocks must be at least 2, got {self.num_kv_blocks}")
+        if self.max_num_seqs < 1:
+            problems.append(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < self.block_size:
+            problems.append(
+                f"max_num_batched_tokens must be at least block_size ({self.block_size}), got {self.max_num_batched_tokens}"
+            )
+        if self.max_model_len is not None and self.max_model_len < 2:
+            problems.append(f"max_model_len must be at least 2, got {self.max_model_len}")
+        if self.max_loras < 0:
+            problems.append(f"max_loras must be non-negative, got {self.max_loras}")
+        if self.max_lora_rank < 1:
+            problems.append(f"max_lora_rank must be positive, got {self.max_lora_rank}")
+        if self.num_threads is not None and self.num_threads < 1:
+            problems.append(f"num_threads must be positive, got {self.num_threads}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to bind."})
+    port: int = field(default=8000, metadata={"help": "TCP port to bind."})
+    served_model_name: str | None = field(default=None, metadata={"help": "Model id clients use (default: checkpoint dir name)."})
+    lora_modules: tuple[tuple[str, str], ...] = field(default=(), metadata={"help": "Adapters to load at start, as (name, path)."})
+    log_level: str = field(default="info", metadata={"help": "uvicorn log level."})
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port must be in 1..65535, got {self.port}")
+        names = [n for n, _ in self.lora_modules]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"duplicate adapter names in lora_modules: {names}")

@@ -13,7 +13,7 @@ from lorafleet.errors import ConfigError, NotFoundError
 from lorafleet.loading import load_tokenizer, resolve_model
 from serve.engine.adapter_slots import AdapterSlots
 from serve.engine.block_manager import BlockManager
-from serve.engine.config import EngineConfig
+from lorafleet.config import EngineConfig
 from serve.engine.detokenizer import IncrementalDetokenizer
 from serve.engine.lora import LoraAdapter, load_peft_adapter
 from serve.engine.model_runner import ModelRunner
@@ -126,6 +126,10 @@ class LLMEngine:
         seq.status = SeqStatus.FINISHED_ABORTED
         self.runner.release(request_id)
         return True
+
+    @property
+    def request_ids(self) -> list[str]:
+        return list(self._requests)
 
     @property
     def has_unfinished(self) -> bool:

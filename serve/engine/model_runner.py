@@ -11,7 +11,7 @@ import torch
 
 from lorafleet.loading import load_hf_config, load_state_dict
 from serve.engine.attention import AttnMetadata, PrefillSpan
-from serve.engine.config import EngineConfig
+from lorafleet.config import EngineConfig
 from serve.engine.kv_math import DTYPE_BYTES, GIB, kv_bytes_per_token, num_kv_blocks
 from serve.engine.llama import LlamaForCausalLM, LlamaSpec
 from serve.engine.lora import LoraAdapter, LoraStack

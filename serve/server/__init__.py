@@ -1,0 +1,1 @@
+"""The embedded engine's OpenAI-compatible HTTP server (``lorafleet serve``)."""
