@@ -64,9 +64,10 @@ def check_safetensors(file: Path) -> None:
             if header_len <= 0 or 8 + header_len > size:
                 raise ValueError("header length exceeds file size")
             header = json.loads(f.read(header_len))
-    except (struct.error, ValueError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{file}: corrupt safetensors file ({e})") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        # A header that parses as JSON can still have the wrong shape (not a dict, entries without offsets).
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, UnicodeDecodeError, AttributeError, KeyError, TypeError, IndexError) as e:
+        raise ArtifactError(f"{file}: corrupt safetensors file ({type(e).__name__}: {e})") from None
     if 8 + header_len + end > size:
         raise ArtifactError(f"{file}: truncated safetensors file ({size} bytes, header needs {8 + header_len + end})")
 

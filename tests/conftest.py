@@ -1,0 +1,287 @@
+"""Session fixtures shared by the whole suite: the real SmolLM2 checkpoint, an HF fp32 reference, one fp32
+engine, random (non-zero) PEFT adapters and one real ``lorafleet serve`` subprocess.
+
+Everything heavy is built once per session and only when a test asks for it, so ``pytest tests/lorafleet``
+never loads torch weights. ``LORAFLEET_TEST_THREADS`` (default 1) sets torch's intra-op threads here and in
+the server: on this 2-core machine other jobs run beside the suite, and oversubscribed threads make every
+matmul several times slower.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+if TYPE_CHECKING:
+    from serve.engine.engine import LLMEngine
+
+MODEL_NAME = "smollm2-135m-instruct"
+NUM_THREADS = int(os.environ.get("LORAFLEET_TEST_THREADS", "1"))
+ADAPTER_NAMES = ("a0", "a1", "a2")
+ADAPTER_RANK = 8
+ADAPTER_ALPHA = 16
+ADAPTER_STD = 0.05  # large enough that every adapter changes greedy outputs
+SERVER_MAX_MODEL_LEN = 1024
+SERVER_START_TIMEOUT_S = 180
+
+# A ~250-token passage. Plain, the model continues it; as a chat turn with the question it gets summarized.
+LONG_TEXT = (
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
+    "movable metal type, oil-based inks and a wooden screw press into a system that could produce books far "
+    "faster than scribes copying by hand. Before this, most books in Europe were manuscripts, written on "
+    "parchment or paper and often decorated with illuminated letters. They were expensive, rare and held "
+    "mostly by monasteries, universities and wealthy families. Within fifty years of Gutenberg's first Bible, "
+    "printing shops had opened in more than two hundred cities, and millions of volumes were in circulation. "
+    "The effects reached far beyond the book trade. Scholars could compare identical copies of a text, which "
+    "made it easier to correct errors and to build on each other's work. Pamphlets spread religious and "
+    "political arguments quickly, playing a large part in the Reformation. Standardized spelling and grammar "
+    "slowly emerged as printers chose one form of a word over another. Literacy rates rose as reading material "
+    "became cheaper, and new kinds of writing, such as newspapers and novels, found large audiences. Historians "
+    "still debate how quickly these changes happened and how much credit the press deserves, but"
+)
+LONG_QUESTION = " few doubt that it changed the way knowledge was stored and shared. Summarize the main effects of the press."
+
+PLAIN_PROMPTS: tuple[str, ...] = (
+    "Hi",
+    "The capital of France is",
+    "Once upon a time, in a small village by the sea,",
+    "def fibonacci(n):",
+    "1, 2, 3, 4, 5,",
+    "The three primary colors are",
+    "Water boils at a temperature of",
+    "Translate to French: I like apples. ->",
+    "import numpy as np\nx = np.arange(10)\n",
+    "Q: What is the largest planet in the solar system?\nA:",
+    "Les mathématiques sont",
+    "The quick brown fox jumps over the lazy dog. " * 6,
+    LONG_TEXT,
+)
+CHAT_PROMPTS: tuple[tuple[dict[str, str], ...], ...] = (
+    ({"role": "user", "content": "What is the capital of France?"},),
+    ({"role": "user", "content": "Write a haiku about autumn leaves."},),
+    ({"role": "system", "content": "You are a pirate. Answer like one."}, {"role": "user", "content": "How are you today?"}),
+    ({"role": "user", "content": "List three uses of a paperclip."},),
+    ({"role": "user", "content": "Explain recursion to a five year old."},
+     {"role": "assistant", "content": "Recursion is when something is defined using itself."},
+     {"role": "user", "content": "Give me an example with numbers."}),
+    ({"role": "user", "content": "Write a Python function that reverses a string."},),
+    ({"role": "user", "content": LONG_TEXT + LONG_QUESTION},),
+    ({"role": "user", "content": "¿Cuál es el río más largo del mundo? 🌍"},),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """One test prompt: a short label for failure messages and its token ids."""
+
+    label: str
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerHandle:
+    """A running ``lorafleet serve`` subprocess."""
+
+    base_url: str  #: e.g. ``http://127.0.0.1:PORT``
+    model: str  #: served base-model name
+    adapters: dict[str, Path]  #: adapters loaded with --lora-module
+    log_path: Path  #: the server's stdout+stderr
+    process: subprocess.Popen
+
+    def log_tail(self, num_chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-num_chars:]
+
+
+# -- model and references --------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def base_model_path() -> Path:
+    """The provisioned checkpoint (converted on first use; a no-op afterwards)."""
+    from lorafleet.models import pull
+
+    return pull(MODEL_NAME)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(base_model_path: Path):
+    from lorafleet.loading import load_tokenizer
+
+    return load_tokenizer(base_model_path)
+
+
+@pytest.fixture(scope="session")
+def eos_token_ids(base_model_path: Path, tokenizer) -> frozenset[int]:
+    import json
+
+    gen = json.loads((base_model_path / "generation_config.json").read_text())
+    eos = gen.get("eos_token_id")
+    ids = set(eos if isinstance(eos, list) else [eos])
+    ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)
+
+
+@pytest.fixture(scope="session")
+def prompt_set(tokenizer) -> list[Prompt]:
+    """21 varied prompts of 1 to ~280 tokens: plain text and chat-template prompts."""
+    from lorafleet.chat import chat_token_ids
+
+    plain = [Prompt(f"plain[{i}]:{t[:24]!r}", tuple(tokenizer(t).input_ids)) for i, t in enumerate(PLAIN_PROMPTS)]
+    chats = [Prompt(f"chat[{i}]:{m[-1]['content'][:24]!r}", tuple(chat_token_ids(tokenizer, list(m))))
+             for i, m in enumerate(CHAT_PROMPTS)]
+    return plain + chats
+
+
+@pytest.fixture(scope="session")
+def hf_model(base_model_path: Path):
+    """HF transformers' own Llama in fp32: the reference implementation."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(NUM_THREADS)
+    return AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def peft_model(base_model_path: Path, lora_adapters: dict[str, Path]):
+    """PEFT's LoRA model over a second fp32 base, holding every test adapter (switched with set_adapter)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(NUM_THREADS)
+    base = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32)
+    first, *rest = ADAPTER_NAMES
+    model = PeftModel.from_pretrained(base, lora_adapters[first], adapter_name=first)
+    for name in rest:
+        model.load_adapter(lora_adapters[name], adapter_name=name)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def hf_greedy(hf_model, request) -> Callable[..., list[int]]:
+    """``hf_greedy(prompt_ids, max_new_tokens, adapter=None)``: HF (or PEFT) greedy ``generate`` output ids,
+    stopping at EOS as HF does. Memoized for the session, so references are computed once."""
+    import torch
+
+    cache: dict[tuple, list[int]] = {}
+
+    def run(prompt_ids, max_new_tokens: int, adapter: str | None = None) -> list[int]:
+        key = (tuple(prompt_ids), max_new_tokens, adapter)
+        if key not in cache:
+            if adapter is None:
+                model = hf_model
+            else:
+                model = request.getfixturevalue("peft_model")
+                model.set_adapter(adapter)
+            ids = torch.tensor([list(prompt_ids)])
+            with torch.inference_mode():
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                     do_sample=False, pad_token_id=hf_model.generation_config.pad_token_id)
+            cache[key] = out[0, ids.shape[1]:].tolist()
+        return cache[key]
+
+    return run
+
+
+# -- engine and adapters ---------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def make_engine(base_model_path: Path) -> Callable[..., "LLMEngine"]:
+    """``make_engine(**overrides)``: an ``LLMEngine`` on CPU over the real checkpoint with the suite's thread
+    count; ``overrides`` replace ``EngineConfig`` fields (default fp32, 512 KV blocks, 4 LoRA slots)."""
+    from lorafleet.config import EngineConfig
+    from serve.engine.engine import LLMEngine
+
+    def build(**overrides) -> LLMEngine:
+        kw = dict(model=str(base_model_path), dtype="float32", device="cpu", num_kv_blocks=512, max_loras=4,
+                  num_threads=NUM_THREADS)
+        kw.update(overrides)
+        return LLMEngine(EngineConfig(**kw))
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def engine(make_engine):
+    """The shared fp32 engine: 512 KV blocks of 16 tokens, 4 LoRA slots, no adapters registered."""
+    return make_engine()
+
+
+@pytest.fixture(scope="session")
+def lora_adapters(base_model_path: Path, tmp_path_factory) -> dict[str, Path]:
+    """Three PEFT LoRA adapters (rank 8, all linear layers, random non-zero A and B), by name."""
+    from lorafleet.synthetic import make_random_lora_adapter
+
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        name: make_random_lora_adapter(base_model_path, root / name, rank=ADAPTER_RANK, alpha=ADAPTER_ALPHA,
+                                       seed=seed, std=ADAPTER_STD)
+        for seed, name in enumerate(ADAPTER_NAMES)
+    }
+
+
+# -- the server ------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(base_model_path: Path, lora_adapters: dict[str, Path], tmp_path_factory) -> Iterator[ServerHandle]:
+    """``lorafleet serve`` in fp32 with adapters a0 and a1 preloaded (a2 is left for the load endpoint tests).
+
+    256 KV blocks and a 1024-token context keep it small; the context cap also makes "prompt too long" cheap
+    to provoke. Readiness is a poll of ``/health``; teardown terminates the process (then kills it).
+    """
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    preloaded = {n: lora_adapters[n] for n in ("a0", "a1")}
+    cmd = [str(Path(sys.executable).with_name("lorafleet")), "serve", "--model", MODEL_NAME, "--dtype", "float32",
+           "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--num-kv-blocks", "256",
+           "--max-model-len", str(SERVER_MAX_MODEL_LEN), "--max-loras", "4", "--num-threads", str(NUM_THREADS),
+           "--log-level", "warning"]
+    for name, path in preloaded.items():
+        cmd += ["--lora-module", f"{name}={path}"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    handle = ServerHandle(f"http://127.0.0.1:{port}", MODEL_NAME, preloaded, log_path, proc)
+    try:
+        _wait_ready(handle)
+        yield handle
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _wait_ready(handle: ServerHandle) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if handle.process.poll() is not None:
+            pytest.fail(f"server exited with {handle.process.returncode} before becoming ready:\n{handle.log_tail()}")
+        try:
+            if httpx.get(f"{handle.base_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"server not ready after {SERVER_START_TIMEOUT_S}s:\n{handle.log_tail()}")
+
+
+@pytest.fixture
+def http(server: ServerHandle) -> Iterator[httpx.Client]:
+    """An httpx client bound to the server (generous timeout: CPU inference)."""
+    with httpx.Client(base_url=server.base_url, timeout=120) as client:
+        yield client
