@@ -3,7 +3,8 @@
 Layout: each layer's cache is ``[num_blocks * block_size, num_kv_heads, head_dim]`` (flat *slots*; slot
 ``b * block_size + i`` is token ``i`` of block ``b``). New tokens' K/V are written to their slots, then:
 
-* decode rows (one new token each) are batched: their context slots are gathered into
+* decode rows (one new token each) are batched: on CPU a C++ kernel (``csrc/paged_attention.cpp``) reads
+  keys/values in place through the block tables; elsewhere their context slots are gathered into
   ``[num_decodes, max_ctx, kv_heads, head_dim]`` and masked, one matmul + softmax + matmul for all rows;
 * each prefill chunk attends causally to its cached context plus itself.
 
@@ -34,9 +35,12 @@ class AttnMetadata:
 
     slot_mapping: torch.Tensor  #: [num_tokens] int64, cache slot each new token's K/V is written to
     num_decodes: int
-    decode_slots: torch.Tensor | None  #: [num_decodes, max_ctx] int64 context slots (padding points at slot 0)
-    decode_mask: torch.Tensor | None  #: [num_decodes, 1, 1, max_ctx] additive mask (0 or -inf)
+    decode_block_tables: torch.Tensor | None  #: [num_decodes, max_blocks] int64 (kernel path)
+    decode_context_lens: torch.Tensor | None  #: [num_decodes] int64, tokens attended incl. the new one (kernel path)
+    decode_slots: torch.Tensor | None  #: [num_decodes, max_ctx] int64 context slots, padding at slot 0 (torch path)
+    decode_mask: torch.Tensor | None  #: [num_decodes, 1, 1, max_ctx] additive mask, 0 or -inf (torch path)
     prefills: tuple[PrefillSpan, ...]
+    block_size: int = 16
 
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
@@ -46,13 +50,18 @@ def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: t
 
 
 def decode_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttnMetadata, scale: float
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttnMetadata, scale: float, kernels=None
 ) -> torch.Tensor:
     """Attention for decode rows. ``q``: [num_decodes, heads, head_dim] → [num_decodes, heads, head_dim].
 
-    Plain matmul + softmax beats SDPA for single-token queries on CPU (profiled: SDPA's per-call overhead
-    dominates at this size).
+    With ``kernels`` (the compiled CPU extension) blocks are read in place: 10 µs instead of 137 µs per layer
+    at one sequence, 101 µs instead of 429 µs at 16 × 112 tokens (bf16, 2 cores). The torch path uses a plain
+    matmul + softmax, which beat SDPA for single-token queries on CPU (SDPA's per-call overhead dominates).
     """
+    if kernels is not None and meta.decode_block_tables is not None:
+        return kernels.paged_decode_attention(
+            q, k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, meta.block_size, scale
+        )
     d, heads, hd = q.shape
     kv_heads = k_cache.shape[1]
     group = heads // kv_heads

@@ -16,6 +16,7 @@ from torch import nn
 
 from lorafleet.errors import ArtifactError
 from serve.engine.attention import AttnMetadata, decode_attention, prefill_attention, write_kv
+from serve.engine.linear import Projection
 from serve.engine.lora import LoraBatch, LoraStack
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
@@ -111,6 +112,7 @@ class LlamaForCausalLM(nn.Module):
             else nn.Parameter(torch.empty(spec.vocab_size, spec.hidden_size), requires_grad=False)
         )
         self.scale = spec.head_dim**-0.5
+        self.kernels = None  #: compiled CPU kernels (serve.engine.cpu_kernels), set by the runner when available
 
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Copy HF ``LlamaForCausalLM`` tensors into the fused parameters (raises on missing names)."""
@@ -134,6 +136,13 @@ class LlamaForCausalLM(nn.Module):
                 layer.o.copy_(take(p + "self_attn.o_proj.weight"))
                 layer.gate_up.copy_(torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]))
                 layer.down.copy_(take(p + "mlp.down_proj.weight"))
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Build the per-projection matmul objects (prepacked on CPU) from the loaded parameters."""
+        for layer in self.layers:
+            layer.proj = {name: Projection(getattr(layer, name)) for name in ("qkv", "o", "gate_up", "down")}
+        self.lm_head_proj = Projection(self.lm_head)
 
     def forward(
         self,
@@ -151,7 +160,7 @@ class LlamaForCausalLM(nn.Module):
         for li, layer in enumerate(self.layers):
             k_cache, v_cache = kv_caches[li]
             x = rms_norm(h, layer.input_norm, spec.rms_norm_eps)
-            qkv = F.linear(x, layer.qkv)
+            qkv = layer.proj["qkv"](x)
             if lora_batch is not None:
                 qkv = qkv + lora.delta(li, "qkv", x, lora_batch)
             q, k, v = qkv.split([spec.q_size, spec.kv_size, spec.kv_size], dim=-1)
@@ -160,17 +169,17 @@ class LlamaForCausalLM(nn.Module):
             v = v.view(n, spec.num_kv_heads, spec.head_dim)
             write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
             attn = self._attention(q, k, v, k_cache, v_cache, meta).reshape(n, spec.q_size)
-            o = F.linear(attn, layer.o)
+            o = layer.proj["o"](attn)
             if lora_batch is not None:
                 o = o + lora.delta(li, "o", attn, lora_batch)
             h = h + o
             x = rms_norm(h, layer.post_attn_norm, spec.rms_norm_eps)
-            gu = F.linear(x, layer.gate_up)
+            gu = layer.proj["gate_up"](x)
             if lora_batch is not None:
                 gu = gu + lora.delta(li, "gate_up", x, lora_batch)
             g, u = gu.chunk(2, dim=-1)
             act = F.silu(g) * u
-            d = F.linear(act, layer.down)
+            d = layer.proj["down"](act)
             if lora_batch is not None:
                 d = d + lora.delta(li, "down", act, lora_batch)
             h = h + d
@@ -180,7 +189,7 @@ class LlamaForCausalLM(nn.Module):
         parts = []
         nd = meta.num_decodes
         if nd:
-            parts.append(decode_attention(q[:nd], k_cache, v_cache, meta, self.scale))
+            parts.append(decode_attention(q[:nd], k_cache, v_cache, meta, self.scale, self.kernels))
         for span in meta.prefills:
             s, e = span.token_start, span.token_start + span.num_tokens
             parts.append(prefill_attention(q[s:e], k[s:e], v[s:e], k_cache, v_cache, span, self.scale))
@@ -188,4 +197,4 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden`` [n, hidden] → fp32 logits [n, vocab]."""
-        return F.linear(rms_norm(hidden, self.norm, self.spec.rms_norm_eps), self.lm_head).float()
+        return self.lm_head_proj(rms_norm(hidden, self.norm, self.spec.rms_norm_eps)).float()

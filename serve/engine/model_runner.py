@@ -55,6 +55,10 @@ class ModelRunner:
         hf_cfg = load_hf_config(checkpoint)
         self.spec = LlamaSpec.from_hf_config(hf_cfg, str(checkpoint / "config.json"))
         self.model = self._load_model(checkpoint)
+        if self.device.type == "cpu":
+            from serve.engine import cpu_kernels
+
+            self.model.kernels = cpu_kernels.load()
         per_token = kv_bytes_per_token(self.spec.num_layers, self.spec.num_kv_heads, self.spec.head_dim, DTYPE_BYTES[cfg.dtype])
         blocks = cfg.num_kv_blocks or num_kv_blocks(int(cfg.kv_cache_gb * GIB), per_token, cfg.block_size)
         max_len = min(cfg.max_model_len or self.spec.max_position_embeddings, blocks * cfg.block_size)
@@ -145,15 +149,21 @@ class ModelRunner:
                 sample_rows.append(token_start + n - 1)
             if n > 1:
                 prefills.append(self._prefill_span(token_start, start, n, table))
-        decode_slots = decode_mask = None
+        tables = lens = slots = mask = None
         if decodes:
-            decode_slots, decode_mask = self._decode_context(decodes)
+            if self.model.kernels is not None:
+                tables, lens = self._decode_tables(decodes)
+            else:
+                slots, mask = self._decode_context(decodes)
         meta = AttnMetadata(
             slot_mapping=torch.tensor(slot_mapping, device=self.device),
             num_decodes=len(decodes),
-            decode_slots=decode_slots,
-            decode_mask=decode_mask,
+            decode_block_tables=tables,
+            decode_context_lens=lens,
+            decode_slots=slots,
+            decode_mask=mask,
             prefills=tuple(prefills),
+            block_size=bs,
         )
         return input_ids, positions, meta, sample_rows
 
@@ -163,14 +173,19 @@ class ModelRunner:
         offsets = torch.arange(bs, device=self.device)
         return (tables[:, :, None] * bs + offsets).flatten(1)
 
+    def _decode_tables(self, decodes: list[ScheduledSeq]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block tables [num_decodes, width] (zero-padded) and context lengths [num_decodes] of decode rows."""
+        ctx_lens = [it.start + 1 for it in decodes]
+        width = -(-max(ctx_lens) // self.cfg.block_size)
+        rows = [it.seq.block_table[:width] for it in decodes]
+        tables = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=self.device)
+        return tables, torch.tensor(ctx_lens, device=self.device)
+
     def _decode_context(self, decodes: list[ScheduledSeq]) -> tuple[torch.Tensor, torch.Tensor]:
         bs = self.cfg.block_size
-        ctx_lens = [it.start + 1 for it in decodes]
-        width = -(-max(ctx_lens) // bs)
-        tables = torch.tensor([it.seq.block_table[:width] + [0] * (width - len(it.seq.block_table[:width])) for it in decodes],
-                              device=self.device)
+        tables, lens = self._decode_tables(decodes)
         slots = self._block_slots(tables)
-        valid = torch.arange(width * bs, device=self.device)[None, :] < torch.tensor(ctx_lens, device=self.device)[:, None]
+        valid = torch.arange(tables.shape[1] * bs, device=self.device)[None, :] < lens[:, None]
         mask = torch.zeros(valid.shape, dtype=self.dtype, device=self.device).masked_fill(~valid, float("-inf"))
         return slots, mask[:, None, None, :]
 
