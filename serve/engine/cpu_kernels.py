@@ -19,8 +19,8 @@ from lorafleet.config import lorafleet_home
 
 log = logging.getLogger(__name__)
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("paged_attention.cpp",)
-FUNCTIONS = ("paged_decode_attention",)
+SOURCES = ("paged_attention.cpp", "fused_ops.cpp")
+FUNCTIONS = ("paged_decode_attention", "rms_norm", "add_rms_norm", "rope_and_cache", "silu_and_mul")
 
 
 def _build_key(torch_version: str) -> str:

@@ -113,6 +113,8 @@ class LlamaForCausalLM(nn.Module):
         )
         self.scale = spec.head_dim**-0.5
         self.kernels = None  #: compiled CPU kernels (serve.engine.cpu_kernels), set by the runner when available
+        self.rope_cos: torch.Tensor | None = None  #: [max_len, head_dim] in the model dtype, set by the runner
+        self.rope_sin: torch.Tensor | None = None
 
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Copy HF ``LlamaForCausalLM`` tensors into the fused parameters (raises on missing names)."""
@@ -147,43 +149,77 @@ class LlamaForCausalLM(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,  # [N]
-        cos: torch.Tensor,  # [N, 1, head_dim]
-        sin: torch.Tensor,  # [N, 1, head_dim]
+        positions: torch.Tensor,  # [N] int64
         meta: AttnMetadata,
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
         lora: LoraStack | None = None,
         lora_batch: LoraBatch | None = None,
-    ) -> torch.Tensor:  # [N, hidden]
-        spec = self.spec
+    ) -> torch.Tensor:  # [N, hidden], before the final norm
+        spec, eps = self.spec, self.spec.rms_norm_eps
         n = input_ids.shape[0]
         h = F.embedding(input_ids, self.embed)
+        x = self._norm(h, self.layers[0].input_norm)
+        cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
+        last = len(self.layers) - 1
         for li, layer in enumerate(self.layers):
             k_cache, v_cache = kv_caches[li]
-            x = rms_norm(h, layer.input_norm, spec.rms_norm_eps)
             qkv = layer.proj["qkv"](x)
             if lora_batch is not None:
                 qkv = qkv + lora.delta(li, "qkv", x, lora_batch)
-            q, k, v = qkv.split([spec.q_size, spec.kv_size, spec.kv_size], dim=-1)
-            q = apply_rope(q.view(n, spec.num_heads, spec.head_dim), cos, sin)
-            k = apply_rope(k.view(n, spec.num_kv_heads, spec.head_dim), cos, sin)
-            v = v.view(n, spec.num_kv_heads, spec.head_dim)
-            write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+            q, k, v = self._rope_and_cache(qkv, positions, cos, sin, k_cache, v_cache, meta.slot_mapping)
             attn = self._attention(q, k, v, k_cache, v_cache, meta).reshape(n, spec.q_size)
             o = layer.proj["o"](attn)
             if lora_batch is not None:
                 o = o + lora.delta(li, "o", attn, lora_batch)
-            h = h + o
-            x = rms_norm(h, layer.post_attn_norm, spec.rms_norm_eps)
+            x = self._add_norm(h, o, layer.post_attn_norm)
             gu = layer.proj["gate_up"](x)
             if lora_batch is not None:
                 gu = gu + lora.delta(li, "gate_up", x, lora_batch)
-            g, u = gu.chunk(2, dim=-1)
-            act = F.silu(g) * u
+            act = self._silu_and_mul(gu)
             d = layer.proj["down"](act)
             if lora_batch is not None:
                 d = d + lora.delta(li, "down", act, lora_batch)
-            h = h + d
+            if li < last:
+                x = self._add_norm(h, d, self.layers[li + 1].input_norm)
+            else:
+                h += d
         return h
+
+    # -- fused ops: the compiled CPU kernels when loaded, torch otherwise (same rounding points) ----------
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.kernels is not None:
+            return self.kernels.rms_norm(x, weight, self.spec.rms_norm_eps)
+        return rms_norm(x, weight, self.spec.rms_norm_eps)
+
+    def _add_norm(self, h: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``h += delta`` in place, then RMSNorm of ``h``."""
+        if self.kernels is not None:
+            return self.kernels.add_rms_norm(h, delta.contiguous(), weight, self.spec.rms_norm_eps)
+        h += delta
+        return rms_norm(h, weight, self.spec.rms_norm_eps)
+
+    def _silu_and_mul(self, gu: torch.Tensor) -> torch.Tensor:
+        if self.kernels is not None:
+            return self.kernels.silu_and_mul(gu.contiguous())
+        g, u = gu.chunk(2, dim=-1)
+        return F.silu(g) * u
+
+    def _rope_and_cache(self, qkv, positions, cos, sin, k_cache, v_cache, slots):
+        """Rotate q/k, store k/v at ``slots``; returns q [N, heads, hd], k and v [N, kv_heads, hd]."""
+        spec, n = self.spec, qkv.shape[0]
+        if self.kernels is not None:
+            qkv = qkv.contiguous()
+            self.kernels.rope_and_cache(qkv, self.rope_cos, self.rope_sin, positions, k_cache, v_cache, slots,
+                                        spec.num_heads, spec.num_kv_heads)
+            q, k, v = qkv.split([spec.q_size, spec.kv_size, spec.kv_size], dim=-1)
+            return (q.view(n, spec.num_heads, spec.head_dim), k.view(n, spec.num_kv_heads, spec.head_dim),
+                    v.view(n, spec.num_kv_heads, spec.head_dim))
+        q, k, v = qkv.split([spec.q_size, spec.kv_size, spec.kv_size], dim=-1)
+        q = apply_rope(q.view(n, spec.num_heads, spec.head_dim), cos, sin)
+        k = apply_rope(k.view(n, spec.num_kv_heads, spec.head_dim), cos, sin)
+        v = v.view(n, spec.num_kv_heads, spec.head_dim)
+        write_kv(k_cache, v_cache, k, v, slots)
+        return q, k, v
 
     def _attention(self, q, k, v, k_cache, v_cache, meta: AttnMetadata) -> torch.Tensor:
         parts = []

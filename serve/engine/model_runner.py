@@ -69,7 +69,7 @@ class ModelRunner:
             (torch.zeros(shape, dtype=self.dtype, device=self.device), torch.zeros(shape, dtype=self.dtype, device=self.device))
             for _ in range(self.spec.num_layers)
         ]
-        self.cos, self.sin = self._rope_tables(checkpoint, max_len)
+        self.model.rope_cos, self.model.rope_sin = self._rope_tables(checkpoint, max_len)
         self.lora = LoraStack(self.spec, cfg.max_loras, cfg.max_lora_rank, self.dtype, self.device) if cfg.max_loras else None
         self._generators: dict[str, torch.Generator] = {}
         self._default_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
@@ -92,7 +92,7 @@ class ModelRunner:
         rotary = LlamaRotaryEmbedding(AutoConfig.from_pretrained(checkpoint))
         positions = torch.arange(max_len)[None]
         cos, sin = rotary(torch.zeros(1, dtype=torch.float32), positions)
-        return cos[0].to(self.device, self.dtype), sin[0].to(self.device, self.dtype)
+        return cos[0].to(self.device, self.dtype).contiguous(), sin[0].to(self.device, self.dtype).contiguous()
 
     # -- adapters --------------------------------------------------------------------------------------
     def set_adapter_slot(self, slot: int, adapter: LoraAdapter | None) -> None:
@@ -113,11 +113,9 @@ class ModelRunner:
         if self.lora is not None:
             row_slots = [it.seq.lora_slot for it in items for _ in range(it.num_new_tokens)]
             lora_batch = self.lora.make_batch(row_slots)
-        pos = torch.tensor(positions, device=self.device)
         hidden = self.model(
             torch.tensor(input_ids, device=self.device),
-            self.cos[pos].unsqueeze(1),
-            self.sin[pos].unsqueeze(1),
+            torch.tensor(positions, device=self.device),
             meta,
             self.kv_caches,
             self.lora,
