@@ -16,7 +16,7 @@ from serve.engine.block_manager import BlockManager
 from lorafleet.config import EngineConfig
 from serve.engine.detokenizer import IncrementalDetokenizer
 from serve.engine.lora import LoraAdapter, load_peft_adapter
-from serve.engine.model_runner import ModelRunner
+from serve.engine.model_runner import EngineLayout, ModelRunner
 from serve.engine.sampling_params import SamplingParams
 from serve.engine.scheduler import Scheduler, SchedulerStats
 from serve.engine.sequence import Sequence, SeqStatus, SeqTimes
@@ -52,6 +52,18 @@ class _Request:
     pending_ids: list[int] = field(default_factory=list)
 
 
+def check_prompt(prompt_token_ids: list[int], layout: EngineLayout) -> None:
+    """Raise :class:`ConfigError` for an empty prompt, one that leaves no room to generate, or bad token ids."""
+    n, cap = len(prompt_token_ids), layout.max_model_len
+    if n == 0:
+        raise ConfigError("prompt is empty")
+    if n >= cap:
+        raise ConfigError(f"prompt is {n} tokens but the model's context length is {cap} (prompt + at least 1 output token)")
+    bad = next((t for t in prompt_token_ids if not 0 <= t < layout.vocab_size), None)
+    if bad is not None:
+        raise ConfigError(f"token id {bad} is outside the vocabulary (size {layout.vocab_size})")
+
+
 class LLMEngine:
     def __init__(self, cfg: EngineConfig) -> None:
         self.cfg = cfg
@@ -81,17 +93,10 @@ class LLMEngine:
 
     # -- requests ---------------------------------------------------------------------------------------
     def check_request(self, prompt_token_ids: list[int], adapter: str | None) -> None:
-        """Raise the error a request would get, without queuing it (safe to call from any thread)."""
-        n, cap = len(prompt_token_ids), self.layout.max_model_len
-        if n == 0:
-            raise ConfigError("prompt is empty")
-        if n >= cap:
-            raise ConfigError(f"prompt is {n} tokens but the model's context length is {cap} (prompt + at least 1 output token)")
+        """Raise the error a request would get, without queuing it."""
+        check_prompt(prompt_token_ids, self.layout)
         if adapter is not None and adapter not in self.adapters:
             raise NotFoundError(f"adapter '{adapter}' is not loaded")
-        bad = [t for t in prompt_token_ids if not 0 <= t < self.layout.vocab_size]
-        if bad:
-            raise ConfigError(f"token id {bad[0]} is outside the vocabulary (size {self.layout.vocab_size})")
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, adapter: str | None = None) -> None:
         self.check_request(prompt_token_ids, adapter)

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from lorafleet.chat import chat_token_ids
 from lorafleet.errors import ConfigError, LorafleetError, NotFoundError
 from serve.engine.async_engine import AsyncEngine
-from serve.engine.engine import LLMEngine, RequestOutput
+from serve.engine.engine import RequestOutput
 from serve.engine.sampling_params import SamplingParams
 from lorafleet.config import ServerConfig
 from serve.server.errors import HTTPError, error_body, install_error_handlers, status_of
@@ -39,29 +39,30 @@ class _Choice:
     token_ids: list[int] = field(default_factory=list)
 
 
-def build_app(engine: LLMEngine, cfg: ServerConfig) -> FastAPI:
+def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
+    """The app around an engine frontend (:class:`ProcessEngine` or :class:`ThreadedEngine`), not yet started:
+    the app's lifespan starts it, loads ``cfg.lora_modules`` and shuts it down."""
     model_name = cfg.served_model_name or engine.checkpoint.name
-    aengine = AsyncEngine(engine)
-    metrics = ServerMetrics(model_name, aengine.stats, engine.layout.block_size, engine.layout.num_kv_blocks,
-                            engine.cfg.enable_prefix_caching)
+    metrics = ServerMetrics(model_name, engine.stats, engine.layout.block_size, engine.layout.num_kv_blocks,
+                            engine.engine_cfg.enable_prefix_caching)
     created = int(time.time())
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        aengine.start()
+        engine.start()
         for name, path in cfg.lora_modules:
-            await aengine.load_adapter(name, Path(path))
+            await engine.load_adapter(name, Path(path))
         yield
-        await aengine.shutdown()
+        await engine.shutdown()
 
     app = FastAPI(title="lorafleet engine", version="0.1.0", lifespan=lifespan)
-    app.state.engine, app.state.metrics, app.state.model_name = aengine, metrics, model_name
+    app.state.engine, app.state.metrics, app.state.model_name = engine, metrics, model_name
     install_error_handlers(app)
 
     def adapter_for(model: str) -> str | None:
         if model == model_name:
             return None
-        if model in engine.adapters:
+        if model in engine.adapter_paths:
             return model
         raise NotFoundError(f"model '{model}' does not exist; see /v1/models")
 
@@ -70,8 +71,8 @@ def build_app(engine: LLMEngine, cfg: ServerConfig) -> FastAPI:
     async def list_models() -> dict:
         base = {"id": model_name, "object": "model", "created": created, "owned_by": "lorafleet",
                 "root": str(engine.checkpoint), "parent": None, "max_model_len": engine.layout.max_model_len}
-        adapters = [{"id": a.name, "object": "model", "created": created, "owned_by": "lorafleet",
-                     "root": str(a.path), "parent": model_name} for a in list(engine.adapters.values())]
+        adapters = [{"id": name, "object": "model", "created": created, "owned_by": "lorafleet",
+                     "root": str(path), "parent": model_name} for name, path in list(engine.adapter_paths.items())]
         return {"object": "list", "data": [base, *adapters]}
 
     @app.post("/v1/completions")
@@ -87,8 +88,8 @@ def build_app(engine: LLMEngine, cfg: ServerConfig) -> FastAPI:
             engine.check_request(p, adapter)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse(_stream(aengine, metrics, rid, prompts, params, adapter, req.model, False, include_usage))
-        choices = await _until_disconnect(raw, _run_all(aengine, metrics, rid, prompts, params, adapter))
+            return _sse(_stream(engine, metrics, rid, prompts, params, adapter, req.model, False, include_usage))
+        choices = await _until_disconnect(raw, _run_all(engine, metrics, rid, prompts, params, adapter))
         return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": req.model,
                 "choices": [{"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
                             for i, c in enumerate(choices)],
@@ -109,8 +110,8 @@ def build_app(engine: LLMEngine, cfg: ServerConfig) -> FastAPI:
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse(_stream(aengine, metrics, rid, [prompt], params, adapter, req.model, True, include_usage))
-        (c,) = await _until_disconnect(raw, _run_all(aengine, metrics, rid, [prompt], params, adapter))
+            return _sse(_stream(engine, metrics, rid, [prompt], params, adapter, req.model, True, include_usage))
+        (c,) = await _until_disconnect(raw, _run_all(engine, metrics, rid, [prompt], params, adapter))
         return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": req.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
                              "finish_reason": c.finish_reason}],
@@ -119,23 +120,23 @@ def build_app(engine: LLMEngine, cfg: ServerConfig) -> FastAPI:
     # -- adapters (same JSON as vLLM's runtime LoRA endpoints) -------------------------------------------
     @app.post("/v1/load_lora_adapter")
     async def load_lora_adapter(req: LoadLoraAdapterRequest):
-        if req.lora_name in engine.adapters:
+        if req.lora_name in engine.adapter_paths:
             raise HTTPError(400, f"The lora adapter '{req.lora_name}' has already been loaded.", "lora_name")
         if req.lora_name == model_name:
             raise HTTPError(400, f"adapter name '{req.lora_name}' collides with the base model name", "lora_name")
-        await aengine.load_adapter(req.lora_name, Path(req.lora_path))
+        await engine.load_adapter(req.lora_name, Path(req.lora_path))
         return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' added successfully.")
 
     @app.post("/v1/unload_lora_adapter")
     async def unload_lora_adapter(req: UnloadLoraAdapterRequest):
-        if not await aengine.unload_adapter(req.lora_name):
+        if not await engine.unload_adapter(req.lora_name):
             raise HTTPError(409, f"adapter '{req.lora_name}' is serving requests; retry when they finish", "lora_name")
         return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' removed successfully.")
 
     # -- operations --------------------------------------------------------------------------------------
     @app.get("/health")
     async def health():
-        if not aengine.is_alive:
+        if not engine.is_alive:
             return JSONResponse(error_body(503, "engine thread is not running"), status_code=503)
         return {"status": "ok"}
 
@@ -163,7 +164,7 @@ def _reject_unsupported(req) -> None:
         raise HTTPError(400, "presence_penalty and frequency_penalty are not supported", "presence_penalty")
 
 
-def _prompt_ids(engine: LLMEngine, prompt) -> list[list[int]]:
+def _prompt_ids(engine: AsyncEngine, prompt) -> list[list[int]]:
     if isinstance(prompt, str):
         prompt = [prompt]
     elif prompt and isinstance(prompt[0], int):
@@ -201,13 +202,13 @@ def _usage(choices: list[_Choice]) -> dict:
 
 
 # -- running requests ----------------------------------------------------------------------------------------
-async def _one(aengine: AsyncEngine, metrics: ServerMetrics, rid: str, prompt: list[int], params: SamplingParams,
+async def _one(engine: AsyncEngine, metrics: ServerMetrics, rid: str, prompt: list[int], params: SamplingParams,
                adapter: str | None) -> AsyncIterator[tuple[RequestOutput, _Choice]]:
     """Run one prompt, observing latency metrics, and yield each output with the updated choice state."""
     start = time.monotonic()
     last = None
     state = _Choice()
-    async for out in aengine.generate(rid, prompt, params, adapter):
+    async for out in engine.generate(rid, prompt, params, adapter):
         now = time.monotonic()
         if last is None:
             metrics.labels(metrics.ttft).observe(now - start)
@@ -237,10 +238,10 @@ def _observe_finish(metrics: ServerMetrics, out: RequestOutput, start: float, no
     m.success.labels(model_name=m.model_name, finished_reason=out.finish_reason or "abort").inc()
 
 
-async def _run_all(aengine, metrics, rid, prompts, params, adapter) -> list[_Choice]:
+async def _run_all(engine, metrics, rid, prompts, params, adapter) -> list[_Choice]:
     async def run(i: int, prompt: list[int]) -> _Choice:
         state = _Choice()
-        async for _, state in _one(aengine, metrics, f"{rid}-{i}", prompt, params, adapter):
+        async for _, state in _one(engine, metrics, f"{rid}-{i}", prompt, params, adapter):
             pass
         return state
 
@@ -267,7 +268,7 @@ def _event(obj: dict) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
 
 
-async def _stream(aengine, metrics, rid, prompts, params, adapter, model, is_chat, include_usage) -> AsyncIterator[str]:
+async def _stream(engine, metrics, rid, prompts, params, adapter, model, is_chat, include_usage) -> AsyncIterator[str]:
     created = int(time.time())
     kind = "chat.completion.chunk" if is_chat else "text_completion"
 
@@ -282,7 +283,7 @@ async def _stream(aengine, metrics, rid, prompts, params, adapter, model, is_cha
 
     async def pump(i: int, prompt: list[int]) -> None:
         try:
-            async for out, state in _one(aengine, metrics, f"{rid}-{i}", prompt, params, adapter):
+            async for out, state in _one(engine, metrics, f"{rid}-{i}", prompt, params, adapter):
                 states[i] = state
                 await queue.put((i, out))
         except Exception as e:  # surfaced as an SSE error event

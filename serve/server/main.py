@@ -10,12 +10,12 @@ from lorafleet.config import EngineConfig, ServerConfig
 def run(engine_cfg: EngineConfig, server_cfg: ServerConfig) -> None:
     import uvicorn
 
-    from serve.engine.engine import LLMEngine
+    from serve.engine.worker import ProcessEngine
     from serve.server.app import build_app
 
     logging.basicConfig(level=server_cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("lorafleet.serve")
-    engine = LLMEngine(engine_cfg)
+    engine = ProcessEngine.launch(engine_cfg)
     lay = engine.layout
     log.info("model %s on %s (%s): %d KV blocks x %d tokens, context %d", engine.checkpoint, lay.device, lay.dtype,
              lay.num_kv_blocks, lay.block_size, lay.max_model_len)
