@@ -4,12 +4,13 @@ Every resident adapter owns a *slot* in stacked weights. For a projection group 
 ``gate_up``, ``down``) with sub-modules m (q, k, v / o / gate, up / down):
 
 * ``A[group]``: ``[num_sub * S * R, in]``, rows ``m*S*R + s*R : ... + R`` hold slot ``s``'s ``lora_A`` of m;
-* ``B[group][m]``: ``[S * R, out_m]``, rows ``s*R : s*R + R`` hold slot ``s``'s ``lora_B`` of m (transposed).
+* ``B[group]``: ``[out_total, num_sub * S * R]``, block-diagonal: the rows of sub-module m hold slot ``s``'s
+  ``lora_B`` of m in columns ``m*S*R + s*R : ... + R``.
 
-With ``x`` [N, in], ``xa = x @ A.T`` is viewed as [N, num_sub, S*R] and multiplied by a per-row mask
-(``scaling`` on the row's own slot's R columns, 0 elsewhere), then ``delta_m = xa[:, m] @ B[m]``. Rows of the
-base model have an all-zero mask, so base and any mix of adapters share one forward pass. Slots are
-zero-padded to ``max_rank`` (R), so ranks may differ between adapters.
+With ``x`` [N, in], ``xa = x @ A.T`` [N, num_sub*S*R] is multiplied by a per-row mask (``scaling`` on the
+row's own slot's columns, 0 elsewhere), then ``delta = xa @ B.T``. Rows of the base model have an all-zero
+mask, so base and any mix of adapters share one forward pass. Slots are zero-padded to ``max_rank`` (R), so
+ranks may differ between adapters.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lorafleet.errors import ArtifactError
+from serve.engine.linear import Projection
 
 if TYPE_CHECKING:
     from serve.engine.llama import LlamaSpec
@@ -132,63 +134,76 @@ def _module_dims(spec: "LlamaSpec", module: str) -> tuple[int, int]:
 class LoraBatch:
     """Per-step LoRA selection, shared by every layer."""
 
-    mask: torch.Tensor  #: [N, S*R] scaling on each row's slot columns, 0 elsewhere (base rows all 0)
+    masks: dict[int, torch.Tensor]  #: num_sub -> [N, num_sub*S*R]: scaling on each row's slot columns, else 0
 
 
 class LoraStack:
-    """Device-resident stacked adapter weights for ``num_slots`` slots of rank ``max_rank``."""
+    """Device-resident stacked adapter weights for ``num_slots`` slots of rank ``max_rank``.
+
+    Per layer and group: ``A`` [num_sub*S*R, in] and a block-diagonal ``B`` [out_total, num_sub*S*R] (sub-module
+    m's rows only see m's columns). One matmul each per group, both prepacked like the base projections: the
+    zero blocks cost a little bandwidth but save two to three small matmul calls per group, which dominated
+    (44 µs each unpacked, 1,650 calls per step at 16 rows).
+    """
 
     def __init__(self, spec: "LlamaSpec", num_slots: int, max_rank: int, dtype: torch.dtype, device: torch.device):
         self.spec, self.num_slots, self.max_rank = spec, num_slots, max_rank
         self.dtype, self.device = dtype, device
         sr = num_slots * max_rank
         self.A: list[dict[str, torch.Tensor]] = []
-        self.B: list[dict[str, list[torch.Tensor]]] = []
+        self.B: list[dict[str, torch.Tensor]] = []
         for _ in range(spec.num_layers):
             a_layer, b_layer = {}, {}
             for group, modules in GROUPS.items():
                 in_dim = _module_dims(spec, modules[0])[0]
+                out_total = sum(_module_dims(spec, m)[1] for m in modules)
                 a_layer[group] = torch.zeros(len(modules) * sr, in_dim, dtype=dtype, device=device)
-                b_layer[group] = [torch.zeros(sr, _module_dims(spec, m)[1], dtype=dtype, device=device) for m in modules]
+                b_layer[group] = torch.zeros(out_total, len(modules) * sr, dtype=dtype, device=device)
             self.A.append(a_layer)
             self.B.append(b_layer)
+        self._proj: list[dict[str, tuple[Projection, Projection]]] = [{} for _ in range(spec.num_layers)]
+        for layer in range(spec.num_layers):
+            self._repack(layer)
         self.scaling = [0.0] * num_slots
+
+    def _repack(self, layer: int) -> None:
+        self._proj[layer] = {g: (Projection(self.A[layer][g]), Projection(self.B[layer][g])) for g in GROUPS}
 
     def set_slot(self, slot: int, adapter: LoraAdapter | None) -> None:
         """Copy ``adapter`` into ``slot`` (zero-padded to ``max_rank``), or clear the slot with ``None``."""
         r_max, sr = self.max_rank, self.num_slots * self.max_rank
-        rows = slice(slot * r_max, (slot + 1) * r_max)
         with torch.no_grad():
             for layer in range(self.spec.num_layers):
                 for group, modules in GROUPS.items():
+                    out_start = 0
                     for mi, module in enumerate(modules):
-                        a_rows = slice(mi * sr + rows.start, mi * sr + rows.stop)
-                        self.A[layer][group][a_rows].zero_()
-                        self.B[layer][group][mi][rows].zero_()
+                        out_dim = _module_dims(self.spec, module)[1]
+                        cols = slice(mi * sr + slot * r_max, mi * sr + (slot + 1) * r_max)
+                        self.A[layer][group][cols].zero_()
+                        self.B[layer][group][out_start:out_start + out_dim, cols].zero_()
                         w = adapter.weights.get((layer, module)) if adapter else None
                         if w is not None:
                             a, b = w
                             r = a.shape[0]
-                            self.A[layer][group][a_rows.start:a_rows.start + r] = a.to(self.dtype)
-                            self.B[layer][group][mi][rows.start:rows.start + r] = b.t().to(self.dtype)
+                            self.A[layer][group][cols.start:cols.start + r] = a.to(self.dtype)
+                            self.B[layer][group][out_start:out_start + out_dim, cols.start:cols.start + r] = b.to(self.dtype)
+                        out_start += out_dim
+                self._repack(layer)
         self.scaling[slot] = adapter.scaling if adapter else 0.0
 
     def make_batch(self, row_slots: list[int]) -> LoraBatch | None:
-        """Build the per-row mask for slots ``row_slots`` (-1 = base). ``None`` when no row uses an adapter."""
+        """Build the per-row masks for slots ``row_slots`` (-1 = base). ``None`` when no row uses an adapter."""
         if all(s < 0 for s in row_slots):
             return None
         r = self.max_rank
         rows = torch.tensor(row_slots, dtype=torch.long)
         col_slot = torch.arange(self.num_slots).repeat_interleave(r)
         col_scale = torch.tensor(self.scaling, dtype=torch.float32).repeat_interleave(r)
-        mask = (rows[:, None] == col_slot[None, :]).float() * col_scale[None, :]
-        return LoraBatch(mask.to(device=self.device, dtype=self.dtype))
+        mask = ((rows[:, None] == col_slot[None, :]).float() * col_scale[None, :]).to(device=self.device, dtype=self.dtype)
+        subs = {len(m) for m in GROUPS.values()}
+        return LoraBatch({n: mask.repeat(1, n) if n > 1 else mask for n in subs})
 
     def delta(self, layer: int, group: str, x: torch.Tensor, batch: LoraBatch) -> torch.Tensor:
         """LoRA output of ``group`` for input ``x`` [N, in] → [N, sum of the group's out dims]."""
-        n, sr = x.shape[0], self.num_slots * self.max_rank
-        bs = self.B[layer][group]
-        xa = torch.matmul(x, self.A[layer][group].t()).view(n, len(bs), sr) * batch.mask[:, None, :]
-        if len(bs) == 1:
-            return torch.matmul(xa[:, 0], bs[0])
-        return torch.cat([torch.matmul(xa[:, i], b) for i, b in enumerate(bs)], dim=-1)
+        a, b = self._proj[layer][group]
+        return b(a(x) * batch.masks[len(GROUPS[group])])
