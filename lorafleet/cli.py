@@ -106,7 +106,6 @@ def serve(
     enable_prefix_caching: bool = opt(EngineConfig, "enable_prefix_caching", "--enable-prefix-caching/--no-enable-prefix-caching"),
     max_loras: int = opt(EngineConfig, "max_loras"),
     max_lora_rank: int = opt(EngineConfig, "max_lora_rank"),
-    compile: bool = opt(EngineConfig, "compile", "--compile/--no-compile"),
     num_threads: Optional[int] = opt(EngineConfig, "num_threads"),
     seed: int = opt(EngineConfig, "seed"),
     log_level: str = opt(ServerConfig, "log_level"),
@@ -122,7 +121,7 @@ def serve(
     engine_cfg = build(EngineConfig, model=model, dtype=dtype, device=device, block_size=block_size, kv_cache_gb=kv_cache_gb,
                        num_kv_blocks=num_kv_blocks, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                        max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching, max_loras=max_loras,
-                       max_lora_rank=max_lora_rank, compile=compile, num_threads=num_threads, seed=seed)
+                       max_lora_rank=max_lora_rank, num_threads=num_threads, seed=seed)
     server_cfg = build(ServerConfig, host=host, port=port, served_model_name=served_model_name,
                        lora_modules=tuple(modules), log_level=log_level)
     call("serve.server.main:run", engine_cfg, server_cfg)

@@ -52,7 +52,6 @@ class EngineConfig:
     enable_prefix_caching: bool = field(default=True, metadata={"help": "Share full KV blocks across requests by content hash."})
     max_loras: int = field(default=8, metadata={"help": "Adapters resident at once (LRU-unloaded beyond this)."})
     max_lora_rank: int = field(default=16, metadata={"help": "Largest LoRA rank accepted; adapter slots are this wide."})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the decode step (slow start, faster steps)."})
     num_threads: int | None = field(default=None, metadata={"help": "torch intra-op threads on CPU (default: all cores)."})
     seed: int = field(default=0, metadata={"help": "Seed of the sampler for requests without their own seed."})
 

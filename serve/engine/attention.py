@@ -31,10 +31,11 @@ class PrefillSpan:
 
 @dataclass(frozen=True, slots=True)
 class AttnMetadata:
-    """Per-step attention inputs. Decode tokens come first in the flattened batch."""
+    """Per-step attention inputs. Row-wise query tokens (decodes, short chunks after cached context) come first
+    in the flattened batch; each attends to its own context length through its sequence's block table."""
 
     slot_mapping: torch.Tensor  #: [num_tokens] int64, cache slot each new token's K/V is written to
-    num_decodes: int
+    num_decodes: int  #: row-wise query tokens at the front of the batch
     decode_block_tables: torch.Tensor | None  #: [num_decodes, max_blocks] int64 (kernel path)
     decode_context_lens: torch.Tensor | None  #: [num_decodes] int64, tokens attended incl. the new one (kernel path)
     decode_slots: torch.Tensor | None  #: [num_decodes, max_ctx] int64 context slots, padding at slot 0 (torch path)
