@@ -200,6 +200,8 @@ class ThreadedEngine(AsyncEngine):
                     self._loop.call_soon_threadsafe(self._on_message, run_call(engine, msg))
                 else:
                     apply_command(engine, msg)
+                    # An abort yields no step output; publish fresh stats (see worker._worker_main).
+                    self._loop.call_soon_threadsafe(self._on_message, StepOutputs([], engine.stats()))
             if not engine.has_unfinished:
                 self._wake.wait(0.5)
                 self._wake.clear()
