@@ -18,7 +18,7 @@ from lorafleet.config import EngineConfig
 from lorafleet.errors import BackendError, LorafleetError
 from lorafleet.loading import load_tokenizer
 from serve.engine.async_engine import AsyncEngine, run_call, run_engine_step
-from serve.engine.commands import Call, Shutdown, apply_command, describe_error, rebuild_error
+from serve.engine.commands import Call, Shutdown, StepOutputs, apply_command, describe_error, rebuild_error
 from serve.engine.engine import EngineStats
 from serve.engine.model_runner import EngineLayout
 
@@ -60,6 +60,9 @@ def _worker_main(cfg: EngineConfig, conn: Connection) -> None:
                     conn.send(run_call(engine, msg))
                 else:
                     apply_command(engine, msg)
+                    # An abort frees blocks and running slots but yields no step output: publish fresh stats,
+                    # or the frontend keeps reporting the aborted request as running.
+                    conn.send(StepOutputs([], engine.stats()))
             if engine.has_unfinished:
                 result = run_engine_step(engine)
                 if result is not None:
