@@ -144,14 +144,32 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
     async def prometheus_metrics():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.middleware("http")
-    async def count_errors(request: Request, call_next):
-        response = await call_next(request)
-        if response.status_code >= 400 and request.url.path.startswith("/v1/"):
-            metrics.errors.labels(model_name=model_name, status=str(response.status_code)).inc()
-        return response
-
+    app.add_middleware(_CountErrors, metrics=metrics, model_name=model_name)
     return app
+
+
+class _CountErrors:
+    """Pure ASGI middleware counting /v1/ responses with status >= 400.
+
+    Not ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware wraps ``receive``, and behind it
+    ``Request.is_disconnected()`` never sees the client leave, so non-streaming requests whose client
+    disconnected were never aborted and ran to ``max_tokens``.
+    """
+
+    def __init__(self, app, metrics: ServerMetrics, model_name: str) -> None:
+        self.app, self.metrics, self.model_name = app, metrics, model_name
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_counting(message) -> None:
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                self.metrics.errors.labels(model_name=self.model_name, status=str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, send_counting)
 
 
 # -- request translation -----------------------------------------------------------------------------------
