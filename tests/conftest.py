@@ -10,6 +10,7 @@ matmul several times slower.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -252,18 +253,30 @@ def server(base_model_path: Path, lora_adapters: dict[str, Path], tmp_path_facto
     for name, path in preloaded.items():
         cmd += ["--lora-module", f"{name}={path}"]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        # Its own session, so teardown can signal the server and its engine worker process together.
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     handle = ServerHandle(f"http://127.0.0.1:{port}", MODEL_NAME, preloaded, log_path, proc)
     try:
         _wait_ready(handle)
         yield handle
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (uvicorn shuts down gracefully), SIGKILL it after 15 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+    try:  # the engine worker, should it have outlived the server
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _wait_ready(handle: ServerHandle) -> None:
