@@ -3,6 +3,7 @@ thread that drives it under an asyncio server."""
 
 from __future__ import annotations
 
+import json
 import time
 import zlib
 from collections import deque
@@ -80,8 +81,6 @@ class LLMEngine:
         self._waiting_for_slot: deque[Sequence] = deque()
 
     def _eos_ids(self) -> frozenset[int]:
-        import json
-
         ids: set[int] = set()
         gen = self.checkpoint / "generation_config.json"
         if gen.is_file():
