@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import types
+import hashlib
+from pathlib import Path
 
 import pytest
 
 from lorafleet.chat import chat_token_ids, normalize_messages, render_chat, template_hash
 from lorafleet.errors import ConfigError
+from lorafleet.loading import load_tokenizer
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -73,15 +75,23 @@ def test_content_parts_render_like_plain_strings(tokenizer) -> None:
     assert render_chat(tokenizer, parts) == render_chat(tokenizer, [{"role": "user", "content": "Hi there"}])
 
 
-def test_no_chat_template_is_a_config_error() -> None:
-    no_template = types.SimpleNamespace(chat_template=None)
+@pytest.fixture
+def fresh_tokenizer(base_model_path: Path):
+    """A tokenizer of its own, free to modify (the session one is shared)."""
+    return load_tokenizer(base_model_path)
+
+
+def test_no_chat_template_is_a_config_error(fresh_tokenizer) -> None:
+    fresh_tokenizer.chat_template = None
     with pytest.raises(ConfigError, match="no chat template; use /v1/completions"):
-        render_chat(no_template, [{"role": "user", "content": "Hi"}])
+        render_chat(fresh_tokenizer, [{"role": "user", "content": "Hi"}])
 
 
-def test_template_hash_is_short_stable_and_sensitive(tokenizer) -> None:
+def test_template_hash_is_short_stable_and_sensitive(tokenizer, fresh_tokenizer) -> None:
     h = template_hash(tokenizer)
     assert len(h) == 16 and int(h, 16) >= 0
-    assert template_hash(tokenizer) == h
-    assert template_hash(types.SimpleNamespace(chat_template=tokenizer.chat_template + " ")) != h
-    assert template_hash(types.SimpleNamespace(chat_template=None)) == template_hash(types.SimpleNamespace())
+    assert template_hash(fresh_tokenizer) == h, "same template, same hash"
+    fresh_tokenizer.chat_template = tokenizer.chat_template + " "
+    assert template_hash(fresh_tokenizer) != h
+    fresh_tokenizer.chat_template = None
+    assert template_hash(fresh_tokenizer) == hashlib.sha256(b"").hexdigest()[:16]

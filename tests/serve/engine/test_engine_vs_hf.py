@@ -11,6 +11,8 @@ import pytest
 
 from serve.engine.sampling_params import SamplingParams
 
+pytestmark = pytest.mark.timeout(300)  # a scheduling livelock must fail, not hang; includes reference set-up
+
 NUM_NEW_TOKENS = 32
 NUM_LORA_TOKENS = 16
 NUM_PREEMPT_TOKENS = 16
