@@ -1,0 +1,141 @@
+"""Declared adapters and their residency on each replica: on-demand loading with one load per (replica,
+adapter) however many requests ask at once, LRU unloading at the replica's ``max_adapters``, and pins that
+keep an adapter loaded while requests use it.
+
+A load goes: make room (unload the least recently used unpinned adapter, if the replica is full) -> the
+backend's load call -> check that the replica's /v1/models now lists the adapter. It runs as its own task,
+so a requester that disconnects does not cancel a load others are waiting for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from lorafleet.errors import BackendError, NotFoundError
+from serve.gateway.config import AdapterSpec
+from serve.gateway.fleet import Replica
+from serve.gateway.metrics import GatewayMetrics
+
+
+@dataclass
+class Residency:
+    """Adapters of one replica as the gateway tracks them."""
+
+    max_adapters: int
+    lru: OrderedDict[str, None] = field(default_factory=OrderedDict)  #: loaded, least recently used first
+    pins: Counter = field(default_factory=Counter)  #: requests using each adapter now
+    loading: dict[str, asyncio.Task] = field(default_factory=dict)
+    unloading: dict[str, asyncio.Task] = field(default_factory=dict)
+    num_reserved: int = 0  #: slots held by loads in progress
+
+
+class AdapterRegistry:
+    def __init__(self, adapters: Sequence[AdapterSpec], metrics: GatewayMetrics) -> None:
+        self.specs = {a.name: a for a in adapters}
+        self._metrics = metrics
+        self._residency: dict[str, Residency] = {}
+
+    # -- names ---------------------------------------------------------------------------------------------
+    def resolve(self, model: str, base_models: set[str]) -> tuple[str, str | None]:
+        """(base model, adapter or None) for a request's ``model``; NotFoundError if nothing serves it."""
+        if model in base_models:
+            return model, None
+        spec = self.specs.get(model)
+        if spec is None or spec.base_model not in base_models:
+            raise NotFoundError(f"The model '{model}' does not exist; see /v1/models")
+        return spec.base_model, model
+
+    # -- replicas ------------------------------------------------------------------------------------------
+    def add_replica(self, name: str, max_adapters: int) -> None:
+        self._residency.setdefault(name, Residency(max_adapters))
+
+    def remove_replica(self, name: str) -> None:
+        self._residency.pop(name, None)
+
+    def resident(self, replica: str) -> frozenset[str]:
+        res = self._residency.get(replica)
+        return frozenset(res.lru) if res else frozenset()
+
+    def sync(self, replica: str, loaded: Sequence[str]) -> None:
+        """Replace what the gateway believes is loaded on ``replica`` with what it reports (declared
+        adapters only; engines may hold others the gateway does not manage)."""
+        res = self._residency.get(replica)
+        if res is None:
+            return
+        reported = [a for a in loaded if a in self.specs]
+        kept = [a for a in res.lru if a in reported]
+        res.lru = OrderedDict.fromkeys([*[a for a in reported if a not in kept], *kept])
+
+    def forget(self, replica: str, adapter: str) -> None:
+        """The replica turned out not to have ``adapter`` (it restarted, or evicted it itself)."""
+        res = self._residency.get(replica)
+        if res is not None:
+            res.lru.pop(adapter, None)
+
+    def pin(self, replica: str, adapter: str) -> None:
+        self._residency[replica].pins[adapter] += 1
+
+    def unpin(self, replica: str, adapter: str) -> None:
+        res = self._residency.get(replica)
+        if res is not None:
+            res.pins[adapter] -= 1
+            if res.pins[adapter] <= 0:
+                del res.pins[adapter]
+
+    # -- loading -------------------------------------------------------------------------------------------
+    async def ensure_loaded(self, replica: Replica, adapter: str) -> None:
+        """Return once ``adapter`` is loaded on ``replica``; concurrent callers share one load."""
+        res = self._residency[replica.name]
+        if adapter in res.lru:
+            res.lru.move_to_end(adapter)
+            return
+        task = res.loading.get(adapter)
+        if task is None:
+            task = asyncio.create_task(self._load(replica, res, adapter), name=f"load {adapter} on {replica.name}")
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # never "exception not retrieved"
+            res.loading[adapter] = task
+        await asyncio.shield(task)
+
+    async def _load(self, replica: Replica, res: Residency, adapter: str) -> None:
+        try:
+            if (pending := res.unloading.get(adapter)) is not None:
+                await asyncio.shield(pending)
+            await self._make_room(replica, res)
+            res.num_reserved += 1
+            try:
+                await replica.backend.load_adapter(adapter, self.specs[adapter].path)
+                served = await replica.backend.list_models()
+                if adapter not in served.adapters:
+                    raise BackendError(f"backend '{replica.name}' accepted adapter '{adapter}' but does not list it in "
+                                       f"/v1/models", retryable=True)
+            finally:
+                res.num_reserved -= 1
+            res.lru[adapter] = None
+            self._metrics.adapter_loads.labels(replica.name, adapter, "ok").inc()
+        except BaseException:
+            self._metrics.adapter_loads.labels(replica.name, adapter, "error").inc()
+            raise
+        finally:
+            res.loading.pop(adapter, None)
+
+    async def _make_room(self, replica: Replica, res: Residency) -> None:
+        while len(res.lru) + res.num_reserved >= res.max_adapters:
+            victim = next((a for a in res.lru if res.pins[a] <= 0), None)
+            if victim is None:
+                raise BackendError(f"backend '{replica.name}': all {res.max_adapters} adapter slots are in use",
+                                   retryable=True)
+            del res.lru[victim]  # first, so no new request starts using it
+            task = asyncio.create_task(replica.backend.unload_adapter(victim))
+            res.unloading[victim] = task
+            try:
+                await asyncio.shield(task)
+            except BackendError:
+                res.lru[victim] = None
+                res.lru.move_to_end(victim, last=False)
+                raise
+            finally:
+                res.unloading.pop(victim, None)
+            self._metrics.adapter_unloads.labels(replica.name, victim).inc()

@@ -1,0 +1,74 @@
+"""The admin API: list, add and remove backends at runtime.
+
+``GET /admin/backends`` lists replicas with their state; ``POST /admin/backends`` takes a backend entry as in
+the YAML config and adds it (routable after its first passing health check, run at once);
+``DELETE /admin/backends/{name}`` stops routing to it and closes it once its in-flight requests finish.
+With API keys configured, only keys marked ``admin: true`` may call these.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+
+from lorafleet.errors import NotFoundError
+from serve.backends.base import BackendSpec
+from serve.gateway import health
+from serve.gateway.errors import GatewayError
+from serve.gateway.proxy import authenticate
+from serve.gateway.state import GatewayState
+
+
+def _describe(r) -> dict:
+    m = r.metrics
+    return {"name": r.name, "kind": r.spec.kind, "url": r.spec.url, "base_model": r.spec.base_model,
+            "weight": r.spec.weight, "max_adapters": r.spec.max_adapters, "healthy": r.is_healthy,
+            "in_flight": r.num_in_flight, "waiting": m.num_waiting if m else None,
+            "kv_cache_usage": m.kv_cache_usage if m else None}
+
+
+def router(state: GatewayState) -> APIRouter:
+    api = APIRouter(prefix="/admin")
+
+    def require_admin(raw: Request) -> None:
+        key = authenticate(state, raw)
+        if key is not None and not key.admin:
+            raise GatewayError(403, f"key '{key.name}' is not an admin key")
+
+    @api.get("/backends")
+    async def list_backends(raw: Request) -> dict:
+        require_admin(raw)
+        return {"backends": [{**_describe(r), "adapters": sorted(state.adapters.resident(r.name))} for r in state.fleet]}
+
+    @api.post("/backends", status_code=201)
+    async def add_backend(raw: Request) -> dict:
+        require_admin(raw)
+        try:
+            data = json.loads(await raw.body())
+            if not isinstance(data, dict):
+                raise ValueError("expected a JSON object")
+            data["launch_args"] = tuple(data.get("launch_args", ()))
+            spec = BackendSpec(**data)
+        except (ValueError, TypeError) as e:
+            raise GatewayError(400, f"invalid backend: {e}") from None
+        if state.fleet.get(spec.name) is not None:
+            raise GatewayError(409, f"backend '{spec.name}' already exists", "name")
+        replica = state.add_backend(spec)
+        try:
+            await replica.backend.start()
+        except Exception as e:
+            await state.remove_backend(spec.name)
+            raise GatewayError(502, f"backend '{spec.name}' could not be started: {e}") from None
+        await health.check_replica(replica, state.adapters, state.prefix_index, state.metrics, 1)
+        return _describe(replica)
+
+    @api.delete("/backends/{name}")
+    async def remove_backend(name: str, raw: Request) -> dict:
+        require_admin(raw)
+        replica = await state.remove_backend(name)
+        if replica is None:
+            raise NotFoundError(f"backend '{name}' does not exist")
+        return {"removed": name, "in_flight": replica.num_in_flight}
+
+    return api

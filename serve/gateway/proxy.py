@@ -1,0 +1,209 @@
+"""The path of one generation request: auth, limits, admission, routing, adapter loading, the upstream call
+with failover before the first byte, and the relay back.
+
+Failover rule: an attempt that fails before the client has received anything (connection refused, reset,
+timeout, 5xx, adapter slots busy, the replica dying before its first event) is retried on another replica,
+at most ``limits.max_retries`` times. Once a stream has started it is never replayed: a failure then ends
+the stream with an SSE error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from lorafleet.errors import BackendError
+from serve.backends.base import Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse
+from serve.gateway.admission import QueueFull
+from serve.gateway.auth import KeySpec, bearer_token
+from serve.gateway.errors import GatewayError, status_of
+from serve.gateway.fleet import Replica, replica_stats
+from serve.gateway.relay import RelayResponse, RequestRecord, StreamCloser, finish_request, relay_stream
+from serve.gateway.requests import ClientRequest, parse_request, prefix_keys, upstream_body
+from serve.gateway.state import GatewayState
+from serve.routing import RouteContext
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def authenticate(state: GatewayState, raw: Request) -> KeySpec | None:
+    """The caller's key (None when auth is off); 401 without a valid key."""
+    if not state.keys.is_enabled:
+        return None
+    token = bearer_token(raw.headers.get("authorization"), raw.headers.get("x-api-key"))
+    if token is None:
+        raise GatewayError(401, "missing API key: send 'Authorization: Bearer <key>'")
+    key = state.keys.lookup(token)
+    if key is None:
+        raise GatewayError(401, "invalid API key")
+    return key
+
+
+async def handle_generation(state: GatewayState, raw: Request, endpoint: Endpoint) -> Response:
+    arrival = time.monotonic()
+    key = authenticate(state, raw)
+    if state.is_draining:
+        raise GatewayError(503, "the gateway is shutting down")
+    req = parse_request(await raw.body(), endpoint)
+    base, adapter = state.adapters.resolve(req.model, state.fleet.base_models())
+    if key is not None and not key.allows(req.model):
+        raise GatewayError(403, f"this API key may not use model '{req.model}'", "model")
+    if key is not None and (wait := state.limiter.try_admit(key)) is not None:
+        raise GatewayError(429, f"rate limit of key '{key.name}' exceeded; retry in {wait:.1f}s",
+                           headers={"Retry-After": str(max(1, math.ceil(wait)))})
+    record = RequestRecord(arrival, base, adapter, key)
+    try:
+        await state.admission.acquire()
+    except QueueFull as e:
+        record.status = 503
+        finish_request(state, record)
+        raise GatewayError(503, str(e)) from None
+    handed_over = False
+    try:
+        response = await _serve(state, raw, req, record, arrival + state.cfg.limits.request_timeout_s)
+        handed_over = isinstance(response, RelayResponse)
+        return response
+    except BaseException as e:
+        record.status = 499 if isinstance(e, asyncio.CancelledError) else status_of(e)
+        raise
+    finally:
+        if not handed_over:
+            state.admission.release()
+            finish_request(state, record)
+
+
+async def _serve(state: GatewayState, raw: Request, req: ClientRequest, record: RequestRecord, deadline_s: float) -> Response:
+    limits = state.cfg.limits
+    keys = prefix_keys(req.body, record.adapter or record.base_model, limits.prefix_block_chars, limits.prefix_max_blocks)
+    upstream = UpstreamRequest(req.endpoint, upstream_body(req), record.adapter,
+                               timeout_s=min(limits.upstream_idle_timeout_s, limits.request_timeout_s),
+                               request_id=raw.headers.get("x-request-id") or uuid.uuid4().hex)
+    if req.is_stream:
+        async def open_stream(replica: Replica) -> tuple[bytes, AsyncIterator[bytes]]:
+            events = replica.backend.stream(upstream)
+            try:
+                return await anext(events), events
+            except BaseException:
+                await events.aclose()
+                raise
+
+        replica, (first, events) = await _with_deadline(deadline_s, dispatch(state, record, upstream, keys, open_stream))
+        release_replica = _releaser(state, record, replica)
+
+        def release() -> None:
+            release_replica()
+            state.admission.release()
+
+        closer = StreamCloser(state, record, events, release)
+        return RelayResponse(relay_stream(record, first, events, req.include_usage, deadline_s, closer), closer, SSE_HEADERS)
+
+    async def call(replica: Replica) -> UpstreamResponse:
+        return await replica.backend.generate(upstream)
+
+    replica, result = await _with_deadline(deadline_s, _until_disconnect(raw, dispatch(state, record, upstream, keys, call)))
+    try:
+        record.status = result.status
+        record.take_usage(result.body.get("usage"))
+        return JSONResponse(dict(result.body), status_code=result.status)
+    finally:
+        _releaser(state, record, replica)()
+
+
+async def dispatch(state: GatewayState, record: RequestRecord, upstream: UpstreamRequest, keys: tuple[int, ...],
+                   attempt: Callable[[Replica], Awaitable[Any]]) -> tuple[Replica, Any]:
+    """Route and run ``attempt`` on a replica, failing over before the first byte. On success the replica's
+    in-flight count and adapter pin stay taken; the caller releases them when the response is done."""
+    tried: list[str] = []
+    last_error: BaseException | None = None
+    for num_attempt in range(state.cfg.limits.max_retries + 1):
+        candidates = state.fleet.candidates(record.base_model, exclude=tried)
+        if not candidates:
+            break
+        replica = _route(state, record, candidates, keys)
+        record.backend = replica.name
+        _take(state, record, replica)
+        try:
+            if record.adapter is not None:
+                await state.adapters.ensure_loaded(replica, record.adapter)
+            record.queue_s = time.monotonic() - record.arrival_s
+            state.prefix_index.record(keys, replica.name)
+            result = await attempt(replica)
+            if isinstance(result, UpstreamResponse) and result.status == 404 and record.adapter is not None:
+                raise UpstreamError(404, f"backend '{replica.name}' does not have adapter '{record.adapter}'")
+            return replica, result
+        except BaseException as e:
+            _releaser(state, record, replica)()
+            if isinstance(e, UpstreamError) and e.status == 404 and record.adapter is not None:
+                state.adapters.forget(replica.name, record.adapter)  # it lost the adapter: reload next time
+                e.retryable = True
+            if not (isinstance(e, BackendError) and e.retryable) or num_attempt == state.cfg.limits.max_retries:
+                raise
+            state.metrics.retries.labels(replica.name).inc()
+            tried.append(replica.name)
+            last_error = e
+    detail = f"; last error: {last_error}" if last_error else ""
+    raise GatewayError(503, f"no healthy backend serves '{record.adapter or record.base_model}'{detail}")
+
+
+def _route(state: GatewayState, record: RequestRecord, candidates: list[Replica], keys: tuple[int, ...]) -> Replica:
+    stats = tuple(replica_stats(r, state.adapters.resident(r.name), keys, state.prefix_index) for r in candidates)
+    decision = state.policy.choose(RouteContext(state.next_request_index(), record.base_model, record.adapter, stats, keys))
+    state.metrics.route_decisions.labels(decision.replica, decision.reason.value).inc()
+    return next(r for r in candidates if r.name == decision.replica)
+
+
+def _take(state: GatewayState, record: RequestRecord, replica: Replica) -> None:
+    replica.num_in_flight += 1
+    state.metrics.in_flight.labels(replica.name).set(replica.num_in_flight)
+    if record.adapter is not None:
+        state.adapters.pin(replica.name, record.adapter)
+
+
+def _releaser(state: GatewayState, record: RequestRecord, replica: Replica) -> Callable[[], None]:
+    """A function that gives back what :func:`_take` took (and the admission slot, for a finished stream);
+    safe to call more than once."""
+    done = False
+
+    def release() -> None:
+        nonlocal done
+        if done:
+            return
+        done = True
+        replica.num_in_flight -= 1
+        state.metrics.in_flight.labels(replica.name).set(replica.num_in_flight)
+        if record.adapter is not None:
+            state.adapters.unpin(replica.name, record.adapter)
+
+    return release
+
+
+async def _with_deadline(deadline_s: float, coro: Awaitable[Any]) -> Any:
+    try:
+        async with asyncio.timeout(max(0.0, deadline_s - time.monotonic())):
+            return await coro
+    except TimeoutError:
+        raise GatewayError(504, "request timed out in the gateway") from None
+
+
+async def _until_disconnect(raw: Request, coro: Awaitable[Any]) -> Any:
+    """Await ``coro``, cancelling it (which closes the upstream connection, so the engine aborts) if the
+    client disconnects first."""
+    task = asyncio.ensure_future(coro)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await raw.is_disconnected():
+                task.cancel()
+                raise GatewayError(499, "client disconnected")
+    finally:
+        if not task.done():
+            task.cancel()

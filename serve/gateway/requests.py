@@ -1,0 +1,91 @@
+"""Reading a client's OpenAI request: the few fields the gateway needs, validated without rebuilding the
+body (the engine validates the rest), and the prompt text that prefix-aware routing hashes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from serve.backends.base import Endpoint
+from serve.gateway.errors import GatewayError
+from serve.routing.scores import text_prefix_keys, token_prefix_keys
+
+TOKENS_PER_BLOCK = 16  # block size of token-id prompts: the engines' KV block
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    """A parsed generation request."""
+
+    endpoint: Endpoint
+    body: Mapping[str, Any]  #: the JSON as the client sent it
+    model: str
+    is_stream: bool
+    include_usage: bool  #: the client asked for a usage chunk (stream_options.include_usage)
+
+
+def parse_request(raw: bytes, endpoint: Endpoint) -> ClientRequest:
+    """Parse and minimally validate; GatewayError(400) names the problem."""
+    try:
+        body = json.loads(raw)
+    except ValueError as e:
+        raise GatewayError(400, f"malformed JSON body: {e}") from None
+    if not isinstance(body, dict):
+        raise GatewayError(400, "the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise GatewayError(400, "'model' is required and must be a string", "model")
+    if endpoint is Endpoint.CHAT:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+            raise GatewayError(400, "'messages' must be a non-empty list of message objects", "messages")
+    elif "prompt" not in body:
+        raise GatewayError(400, "'prompt' is required", "prompt")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise GatewayError(400, "'stream' must be a boolean", "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise GatewayError(400, "'stream_options' must be an object", "stream_options")
+    return ClientRequest(endpoint, body, model, stream, bool(stream and options and options.get("include_usage")))
+
+
+def upstream_body(req: ClientRequest) -> dict[str, Any]:
+    """The body sent upstream: streams always ask for usage, so the gateway can count tokens."""
+    body = dict(req.body)
+    if req.is_stream:
+        body["stream_options"] = {**(req.body.get("stream_options") or {}), "include_usage": True}
+    return body
+
+
+def prompt_text(body: Mapping[str, Any]) -> str | list[int] | None:
+    """The text (or token ids) whose prefix identifies the request's KV cache; None if there is no single prompt."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        parts = []
+        for m in messages:
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, list):  # content parts: keep the text ones
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            parts.append(f"<|{m.get('role') if isinstance(m, dict) else ''}|>{content or ''}\n")
+        return "".join(parts)
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return prompt
+    if isinstance(prompt, list) and len(prompt) == 1:
+        return prompt_text({"prompt": prompt[0]})
+    return None
+
+
+def prefix_keys(body: Mapping[str, Any], salt: str, block_chars: int, max_blocks: int) -> tuple[int, ...]:
+    """Chained prefix-block keys of the request's prompt (salted with model/adapter), for routing."""
+    text = prompt_text(body)
+    if text is None or max_blocks == 0:
+        return ()
+    if isinstance(text, list):
+        return token_prefix_keys(text, TOKENS_PER_BLOCK, max_blocks, salt)
+    return text_prefix_keys(text, block_chars, max_blocks, salt)
