@@ -91,8 +91,14 @@ def run_gateway() -> Iterator[Callable[..., GatewayHandle]]:
         h.stop()
 
 
-def backend_entry(name: str, url: str, kind: str = "vllm", base_model: str = "base", **kw) -> dict:
+def _backend_entry(name: str, url: str, kind: str = "vllm", base_model: str = "base", **kw) -> dict:
     return {"name": name, "kind": kind, "url": url, "base_model": base_model, **kw}
+
+
+@pytest.fixture
+def backend_entry() -> Callable[..., dict]:
+    """``backend_entry(name, url, kind="vllm", base_model="base", **more)``: one ``backends:`` config entry."""
+    return _backend_entry
 
 
 @pytest.fixture

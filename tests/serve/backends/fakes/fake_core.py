@@ -165,6 +165,19 @@ async def openai_full(engine: FakeEngine, body: dict[str, Any], served_as: str, 
             "usage": engine.usage(engine.prompt_text(body), n, cached_tokens)}
 
 
+async def full_or_abort(request: Request, coro) -> Response:
+    """Run a non-streaming generation, abandoning it if the client disconnects (vLLM's ``with_cancellation``
+    and SGLang's abort-on-disconnect do the same)."""
+    task = asyncio.ensure_future(coro)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.05)
+        if done:
+            return JSONResponse(task.result())
+        if await request.is_disconnected():
+            task.cancel()
+            return Response(status_code=499)
+
+
 def sse_response(gen: AsyncIterator[bytes]) -> StreamingResponse:
     return StreamingResponse(gen, media_type="text/event-stream")
 

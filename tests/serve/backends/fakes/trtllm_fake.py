@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fake_core import FakeEngine, control_routes, main, openai_full, openai_stream, sse_response
+from fake_core import FakeEngine, control_routes, full_or_abort, main, openai_full, openai_stream, sse_response
 
 COMMON_FIELDS = frozenset({
     "model", "frequency_penalty", "logit_bias", "logprobs", "max_tokens", "n", "presence_penalty", "seed", "stop",
@@ -70,7 +70,7 @@ def build_app(engine: FakeEngine, args) -> Starlette:
         cached = engine.use_prefix_cache(engine.prompt_text(body), served_as)
         if body.get("stream"):
             return sse_response(openai_stream(engine, body, served_as, engine.model, is_chat, cached))
-        return JSONResponse(await openai_full(engine, body, served_as, engine.model, is_chat, cached))
+        return await full_or_abort(request, openai_full(engine, body, served_as, engine.model, is_chat, cached))
 
     async def completions(request: Request) -> Response:
         return await generate(request, False)

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from fake_core import FakeEngine, control_routes, main, openai_full, openai_stream, sse_response
+from fake_core import FakeEngine, control_routes, full_or_abort, main, openai_full, openai_stream, sse_response
 
 
 def error(message: str, status: int, kind: str = "BadRequestError") -> JSONResponse:
@@ -63,7 +63,7 @@ def build_app(engine: FakeEngine, args) -> Starlette:
         cached = engine.use_prefix_cache(engine.prompt_text(body), model)
         if body.get("stream"):
             return sse_response(openai_stream(engine, body, model, model, is_chat, cached))
-        return JSONResponse(await openai_full(engine, body, model, model, is_chat, cached))
+        return await full_or_abort(request, openai_full(engine, body, model, model, is_chat, cached))
 
     async def completions(request: Request) -> Response:
         return await generate(request, False)
