@@ -30,6 +30,8 @@ class KeySpec:
     admin: bool = False  #: may call /admin/*
 
     def __post_init__(self) -> None:
+        if not isinstance(self.models, tuple) or not all(isinstance(m, str) for m in self.models):
+            raise ValueError(f"key '{self.name}': models must be a list of model/adapter names or patterns")
         for n in ("requests_per_min", "tokens_per_min"):
             v = getattr(self, n)
             if v is not None and v <= 0:

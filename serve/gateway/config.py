@@ -152,7 +152,8 @@ def _key(data: Any, where: str, problems: list[str], env: Mapping[str, str]) -> 
     elif not _HEX64.match(str(digest)):
         problems.append(f"{where}: key_sha256 must be 64 lowercase hex digits")
         return None
-    data["models"] = tuple(data.get("models", ()))
+    if "models" in data:
+        data["models"] = tuple(data["models"]) if isinstance(data["models"], list) else data["models"]
     return _build(KeySpec, data, where, problems)
 
 
