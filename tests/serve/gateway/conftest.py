@@ -68,12 +68,18 @@ def start_gateway(cfg: GatewayConfig) -> GatewayHandle:
                                            timeout_graceful_shutdown=cfg.limits.drain_timeout_s))
     thread = threading.Thread(target=server.run, daemon=True, name="gateway")
     thread.start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # an embedded replica launched by the gateway loads its model first
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             pytest.fail("gateway did not start")
         time.sleep(0.02)
     return GatewayHandle(f"http://127.0.0.1:{port}", app, server, thread)
+
+
+@pytest.fixture(scope="session")
+def gateway_starter() -> Callable[[GatewayConfig], GatewayHandle]:
+    """``start_gateway`` itself, for tests and module fixtures that manage a gateway's lifetime."""
+    return start_gateway
 
 
 @pytest.fixture

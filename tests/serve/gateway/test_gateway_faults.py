@@ -185,13 +185,12 @@ def test_client_disconnect_aborts_the_upstream_request(fake_server, run_gateway,
         time.sleep(0.05)
 
 
-def test_shutdown_drains_in_flight_streams(fake_server, fast_limits, backend_entry) -> None:
-    from conftest import start_gateway  # noqa: E402  (the helper behind run_gateway)
+def test_shutdown_drains_in_flight_streams(fake_server, fast_limits, backend_entry, gateway_starter) -> None:
     from serve.gateway.config import parse_config
 
     fake = fake_server("vllm", "base")
     fake.configure(token_delay_s=0.05)
-    gw = start_gateway(parse_config({"backends": [backend_entry("r0", fake.url)], "limits": fast_limits}))
+    gw = gateway_starter(parse_config({"backends": [backend_entry("r0", fake.url)], "limits": fast_limits}))
     gw.wait_healthy("r0")
     lines = []
     with gw.client() as c, c.stream("POST", "/v1/completions", json=STREAM) as r:
