@@ -15,9 +15,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from lorafleet.errors import BackendError, NotFoundError
+from serve.backends.base import UpstreamError
 from serve.gateway.config import AdapterSpec
 from serve.gateway.fleet import Replica
 from serve.gateway.metrics import GatewayMetrics
+
+
+class AdapterLoadError(BackendError):
+    """A replica answered an adapter load with an error (bad rank, missing file, unsupported modules...).
+
+    Retryable on another replica when the answer was a 5xx (engines report some adapter problems that way,
+    e.g. vLLM's "LoRA rank 16 is greater than max_lora_rank 8"), but shown to the client as 400: the adapter,
+    not the request or the gateway, is at fault, and a client retry would fail the same way."""
 
 
 @dataclass
@@ -106,7 +115,11 @@ class AdapterRegistry:
             await self._make_room(replica, res)
             res.num_reserved += 1
             try:
-                await replica.backend.load_adapter(adapter, self.specs[adapter].path)
+                try:
+                    await replica.backend.load_adapter(adapter, self.specs[adapter].path)
+                except UpstreamError as e:
+                    raise AdapterLoadError(f"adapter '{adapter}' failed to load on backend '{replica.name}': "
+                                           f"{_reason(e)}", retryable=e.retryable) from None
                 served = await replica.backend.list_models()
                 if adapter not in served.adapters:
                     raise BackendError(f"backend '{replica.name}' accepted adapter '{adapter}' but does not list it in "
@@ -139,3 +152,8 @@ class AdapterRegistry:
             finally:
                 res.unloading.pop(victim, None)
             self._metrics.adapter_unloads.labels(replica.name, victim).inc()
+
+
+def _reason(e: UpstreamError) -> str:
+    """The engine's own words from an UpstreamError message ("backend 'x' could not load adapter 'y': <why>")."""
+    return str(e).split(": ", 1)[-1]

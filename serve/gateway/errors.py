@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 
 from lorafleet.errors import ArtifactError, BackendError, ConfigError, LorafleetError, NotFoundError
 from serve.backends.base import UpstreamError
+from serve.gateway.adapters import AdapterLoadError
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 408: "timeout_error", 409: "conflict_error", 413: "invalid_request_error",
@@ -34,6 +35,8 @@ def status_of(exc: BaseException) -> int:
     """HTTP status for an error raised anywhere below the gateway."""
     if isinstance(exc, GatewayError):
         return exc.status
+    if isinstance(exc, AdapterLoadError):
+        return 400
     if isinstance(exc, UpstreamError):
         return exc.status if exc.status < 500 else 502
     if isinstance(exc, NotFoundError):

@@ -10,7 +10,7 @@ import pytest
 
 from lorafleet.errors import BackendError, NotFoundError
 from serve.backends.base import Backend, BackendSpec, ServedModels, UpstreamError
-from serve.gateway.adapters import AdapterRegistry
+from serve.gateway.adapters import AdapterLoadError, AdapterRegistry
 from serve.gateway.config import AdapterSpec
 from serve.gateway.fleet import Replica
 from serve.gateway.metrics import GatewayMetrics
@@ -115,9 +115,10 @@ def test_failed_load_is_clear_and_does_not_block_others() -> None:
     async def go() -> None:
         results = await asyncio.gather(registry.ensure_loaded(replica, "bad"), registry.ensure_loaded(replica, "a"),
                                        return_exceptions=True)
-        assert isinstance(results[0], UpstreamError) and "max_lora_rank" in str(results[0])
+        assert isinstance(results[0], AdapterLoadError) and "max_lora_rank" in str(results[0])
+        assert str(results[0]).startswith("adapter 'bad' failed to load on backend 'r0'")
         assert results[1] is None
-        with pytest.raises(UpstreamError):  # not cached as failed: a later request tries again
+        with pytest.raises(AdapterLoadError):  # not cached as failed: a later request tries again
             await registry.ensure_loaded(replica, "bad")
 
     asyncio.run(go())
