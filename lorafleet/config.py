@@ -99,3 +99,28 @@ class ServerConfig:
         names = [n for n, _ in self.lora_modules]
         if len(set(names)) != len(names):
             raise ConfigError(f"duplicate adapter names in lora_modules: {names}")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineBenchConfig:
+    """Settings of one benchmark run; every field is a flag of ``lorafleet bench engine``."""
+
+    json_path: Path = field(metadata={"help": "Where to write the results JSON."})
+    model: str = field(default="smollm2-135m-instruct", metadata={"help": "Model name or checkpoint dir."})
+    streams: int = field(default=16, metadata={"help": "Concurrent streams for the throughput figures."})
+    output_tokens: int = field(default=64, metadata={"help": "Output tokens per stream (ignore_eos)."})
+    tpot_tokens: int = field(default=128, metadata={"help": "Output tokens of the single-stream TPOT run."})
+    prefix_tokens: int = field(default=512, metadata={"help": "Shared prefix length for the prefix-cache TTFT ratio."})
+    num_adapters: int = field(default=8, metadata={"help": "Distinct LoRA adapters for the multi-LoRA ratio."})
+    repeats: int = field(default=3, metadata={"help": "Repetitions per figure (median reported)."})
+    vllm_python: str = field(default=".venv-vllm/bin/python", metadata={"help": "Python of the vLLM-CPU venv ('' skips vLLM)."})
+    vllm_kv_gb: int = field(default=2, metadata={"help": "VLLM_CPU_KVCACHE_SPACE in GiB."})
+    skip_hf: bool = field(default=False, metadata={"help": "Skip the HF transformers baseline."})
+    engine_args: tuple[str, ...] = field(default=(), metadata={"help": "Extra flags for `lorafleet serve`."})
+
+    def __post_init__(self) -> None:
+        problems = [f"{k} must be positive, got {getattr(self, k)}" for k in
+                    ("streams", "output_tokens", "tpot_tokens", "prefix_tokens", "num_adapters", "repeats")
+                    if getattr(self, k) < 1]
+        if problems:
+            raise ConfigError("; ".join(problems))
