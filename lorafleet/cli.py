@@ -149,6 +149,17 @@ def bench_engine(
     call("bench.engine:run", cfg)
 
 
+@app.command("gateway")
+def gateway(
+    config: Path = typer.Option(..., "--config", help="Gateway YAML config (backends, adapters, routing, auth, limits)."),
+    host: Optional[str] = typer.Option(None, help="Address to bind; overrides server.host of the config."),
+    port: Optional[int] = typer.Option(None, help="Port; overrides server.port of the config."),
+    log_level: str = typer.Option("info", help="Log level."),
+) -> None:
+    """Serve the multi-backend, multi-LoRA OpenAI gateway described by a YAML config."""
+    call("serve.gateway.main:run", config, host=host, port=port, log_level=log_level)
+
+
 def main() -> None:
     try:
         app()
