@@ -198,7 +198,7 @@ def parse_config(raw: Any, base_dir: Path = Path("."), env: Mapping[str, str] | 
         problems.append("auth: expected a mapping with only 'keys'")
         auth = {}
     keys = [_key(k, f"auth.keys[{i}]", problems, env) for i, k in enumerate(auth.get("keys") or [])]
-    if not backends and not problems:
+    if not raw.get("backends"):
         problems.append("backends: at least one backend is needed")
     if not problems:
         try:
