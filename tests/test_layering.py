@@ -112,7 +112,7 @@ def test_lorafleet_imports_no_stage_at_module_level() -> None:
 
 
 def test_lorafleet_config_imports_only_the_stdlib() -> None:
-    imports = imports_of(ROOT / "lorafleet" / "config.py")
+    imports = imports_of(ROOT / "lorafleet" / "config" / "__init__.py")
     outside = [i.module for i in imports if top(i.module) not in sys.stdlib_module_names and top(i.module) != "lorafleet"]
     assert outside == []
     assert {i.module for i in imports if top(i.module) == "lorafleet"} <= {"lorafleet.errors"}

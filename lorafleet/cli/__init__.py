@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from lorafleet.config import EngineBenchConfig, EngineConfig, ServerConfig
+from lorafleet.config import EngineConfig, ServerConfig
 from lorafleet.errors import LorafleetError
 
 app = typer.Typer(help="lorafleet: train adapters, optimize checkpoints, serve multi-LoRA, benchmark.",
@@ -20,7 +20,10 @@ app = typer.Typer(help="lorafleet: train adapters, optimize checkpoints, serve m
 models_app = typer.Typer(help="Provision and list local models.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that write JSON results.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+optimize_app = typer.Typer(help="Make checkpoints cheaper to serve: quantization, KV scales, pruning, prompt templates.",
+                            no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(optimize_app, name="optimize")
 
 
 def _default(cls: type, name: str) -> Any:
@@ -127,28 +130,6 @@ def serve(
     call("serve.server.main:run", engine_cfg, server_cfg)
 
 
-@bench_app.command("engine")
-def bench_engine(
-    json_path: Path = typer.Option(..., "--json", help=_help(EngineBenchConfig, "json_path")),
-    model: str = opt(EngineBenchConfig, "model"),
-    streams: int = opt(EngineBenchConfig, "streams"),
-    output_tokens: int = opt(EngineBenchConfig, "output_tokens"),
-    tpot_tokens: int = opt(EngineBenchConfig, "tpot_tokens"),
-    prefix_tokens: int = opt(EngineBenchConfig, "prefix_tokens"),
-    num_adapters: int = opt(EngineBenchConfig, "num_adapters"),
-    repeats: int = opt(EngineBenchConfig, "repeats"),
-    vllm_python: str = opt(EngineBenchConfig, "vllm_python"),
-    vllm_kv_gb: int = opt(EngineBenchConfig, "vllm_kv_gb"),
-    skip_hf: bool = opt(EngineBenchConfig, "skip_hf"),
-    engine_arg: list[str] = typer.Option([], "--engine-arg", help=_help(EngineBenchConfig, "engine_args") + " (repeatable)"),
-) -> None:
-    """Our engine vs HF transformers vs vLLM-CPU in one run: throughput, TPOT, prefix-cache and multi-LoRA ratios."""
-    cfg = build(EngineBenchConfig, json_path=json_path, model=model, streams=streams, output_tokens=output_tokens,
-                tpot_tokens=tpot_tokens, prefix_tokens=prefix_tokens, num_adapters=num_adapters, repeats=repeats,
-                vllm_python=vllm_python, vllm_kv_gb=vllm_kv_gb, skip_hf=skip_hf, engine_args=tuple(engine_arg))
-    call("bench.engine:run", cfg)
-
-
 @app.command("gateway")
 def gateway(
     config: Path = typer.Option(..., "--config", help="Gateway YAML config (backends, adapters, routing, auth, limits)."),
@@ -160,12 +141,20 @@ def gateway(
     call("serve.gateway.main:run", config, host=host, port=port, log_level=log_level)
 
 
+# Command groups of the stages live in their own modules and register on the apps above when imported.
+from lorafleet.cli import bench as _bench  # noqa: E402,F401  (bench engine)
+from lorafleet.cli import deploy as _deploy  # noqa: E402,F401  (deployment manifests)
+from lorafleet.cli import gateway as _gateway  # noqa: E402,F401  (bench routing / gateway)
+from lorafleet.cli import load as _load  # noqa: E402,F401  (bench load / sweep)
+from lorafleet.cli import optimize as _optimize  # noqa: E402,F401  (optimize quantize/kv/prune, eval)
+from lorafleet.cli import profile as _profile  # noqa: E402,F401  (profile plan/render/tune)
+from lorafleet.cli import templates as _templates  # noqa: E402,F401  (optimize templates)
+from lorafleet.cli import train as _train  # noqa: E402,F401  (train sft/dpo, bench train)
+
+
 def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
 
-
-if __name__ == "__main__":
-    main()
