@@ -102,6 +102,7 @@ def serve(
     device: str = opt(EngineConfig, "device"),
     block_size: int = opt(EngineConfig, "block_size"),
     kv_cache_gb: float = opt(EngineConfig, "kv_cache_gb"),
+    kv_cache_dtype: str = opt(EngineConfig, "kv_cache_dtype"),
     num_kv_blocks: Optional[int] = opt(EngineConfig, "num_kv_blocks"),
     max_num_seqs: int = opt(EngineConfig, "max_num_seqs"),
     max_num_batched_tokens: int = opt(EngineConfig, "max_num_batched_tokens"),
@@ -122,6 +123,7 @@ def serve(
             raise typer.Exit(2)
         modules.append((name, path))
     engine_cfg = build(EngineConfig, model=model, dtype=dtype, device=device, block_size=block_size, kv_cache_gb=kv_cache_gb,
+                       kv_cache_dtype=kv_cache_dtype,
                        num_kv_blocks=num_kv_blocks, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                        max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching, max_loras=max_loras,
                        max_lora_rank=max_lora_rank, num_threads=num_threads, seed=seed)

@@ -28,6 +28,7 @@ def models_dir() -> Path:
 
 
 ENGINE_DTYPES = ("float32", "bfloat16", "float16")
+KV_CACHE_DTYPES = ("auto", "int8", "fp8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,9 @@ class EngineConfig:
     device: str = field(default="auto", metadata={"help": "'cpu', 'cuda' or 'auto' (CUDA when present)."})
     block_size: int = field(default=DEFAULT_BLOCK_SIZE, metadata={"help": "Tokens per KV-cache block."})
     kv_cache_gb: float = field(default=1.0, metadata={"help": "KV-cache budget in GiB, preallocated at start."})
+    kv_cache_dtype: str = field(default="auto", metadata={
+        "help": "KV-cache storage: auto (the model dtype), int8 or fp8 (e4m3), with the checkpoint's per-layer/per-KV-head "
+                "K/V scales from `lorafleet optimize kv` (fp8 without scales uses 1.0, as vLLM does)."})
     num_kv_blocks: int | None = field(
         default=None, metadata={"help": "Exact number of KV blocks; overrides kv_cache_gb (tests, tuning)."}
     )
@@ -63,6 +67,8 @@ class EngineConfig:
             problems.append(f"device must be 'auto', 'cpu' or 'cuda[:N]', got '{self.device}'")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             problems.append(f"block_size must be a positive power of two, got {self.block_size}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            problems.append(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got '{self.kv_cache_dtype}'")
         if self.kv_cache_gb <= 0:
             problems.append(f"kv_cache_gb must be positive, got {self.kv_cache_gb}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 2:
