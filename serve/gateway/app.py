@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
 from serve.backends.base import Endpoint
-from serve.gateway import admin, health
+from serve.gateway import admin, discovery, health
 from serve.gateway.config import GatewayConfig
 from serve.gateway.errors import install_error_handlers
 from serve.gateway.proxy import authenticate, handle_generation
@@ -37,6 +37,7 @@ def build_app(cfg: GatewayConfig) -> FastAPI:
         await asyncio.gather(*(r.backend.start() for r in state.fleet))
         await asyncio.gather(*(health.check_replica(r, state.adapters, state.prefix_index, state.metrics, 1)
                                for r in state.fleet), return_exceptions=True)
+        state.tasks += await discovery.start(state)  # DNS-discovered replicas (no-op without discovery:)
         state.tasks.append(asyncio.create_task(health.monitor(
             state.fleet, state.adapters, state.prefix_index, state.metrics, cfg.limits.health_interval_s,
             cfg.limits.unhealthy_after)))

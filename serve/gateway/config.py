@@ -32,6 +32,7 @@ from lorafleet.errors import ConfigError
 from serve.backends.base import BackendSpec
 from serve.gateway.adapter_files import check_adapter_dir
 from serve.gateway.auth import KeySpec, hash_key
+from serve.gateway.discovery import DiscoverySpec, parse_discovery
 from serve.routing import DEFAULT_POLICY, make_policy
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -91,6 +92,7 @@ class GatewayConfig:
     keys: tuple[KeySpec, ...] = ()  #: API keys; with none configured the gateway is open (no auth)
     routing: RoutingSettings = RoutingSettings()
     limits: LimitSettings = LimitSettings()
+    discovery: tuple[DiscoverySpec, ...] = ()  #: DNS names followed for replicas (serve/gateway/discovery.py)
 
     def __post_init__(self) -> None:
         problems = []
@@ -163,7 +165,7 @@ def parse_config(raw: Any, base_dir: Path = Path("."), env: Mapping[str, str] | 
     problems: list[str] = []
     if not isinstance(raw, Mapping):
         raise ConfigError("gateway config: expected a mapping at the top level")
-    known = {"server", "backends", "adapter_roots", "adapters", "auth", "routing", "limits"}
+    known = {"server", "backends", "adapter_roots", "adapters", "auth", "routing", "limits", "discovery"}
     if unknown := sorted(set(raw) - known):
         problems.append(f"unknown top-level key(s) {unknown}; known: {sorted(known)}")
     server = _build(ServerSettings, raw.get("server") or {}, "server", problems)
@@ -182,7 +184,8 @@ def parse_config(raw: Any, base_dir: Path = Path("."), env: Mapping[str, str] | 
     for r in roots:
         if not r.is_dir():
             problems.append(f"adapter_roots: '{r}' is not a directory")
-    bases = {b.base_model for b in backends if b is not None}
+    discovery = parse_discovery(raw.get("discovery"), problems)
+    bases = {b.base_model for b in backends if b is not None} | {d.template.base_model for d in discovery}
     adapters = []
     for i, a in enumerate(raw.get("adapters") or []):
         spec = _build(AdapterSpec, a, f"adapters[{i}]", problems, path=Path(str(a.get("path", ""))) if isinstance(a, Mapping) else None)
@@ -198,11 +201,11 @@ def parse_config(raw: Any, base_dir: Path = Path("."), env: Mapping[str, str] | 
         problems.append("auth: expected a mapping with only 'keys'")
         auth = {}
     keys = [_key(k, f"auth.keys[{i}]", problems, env) for i, k in enumerate(auth.get("keys") or [])]
-    if not raw.get("backends"):
-        problems.append("backends: at least one backend is needed")
+    if not raw.get("backends") and not discovery:
+        problems.append("backends: at least one backend (or a discovery entry) is needed")
     if not problems:
         try:
-            return GatewayConfig(tuple(backends), server, roots, tuple(adapters), tuple(keys), routing, limits)
+            return GatewayConfig(tuple(backends), server, roots, tuple(adapters), tuple(keys), routing, limits, discovery)
         except ConfigError as e:
             problems.append(str(e))
     raise ConfigError("gateway config has {} problem(s):\n  - {}".format(len(problems), "\n  - ".join(problems)))
