@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lorafleet.errors import ConfigError
+from lorafleet.templates import CompiledTemplate, load_compiled_templates
 from serve.backends.base import BackendSpec
 from serve.gateway.adapter_files import check_adapter_dir
 from serve.gateway.auth import KeySpec, hash_key
@@ -93,6 +94,7 @@ class GatewayConfig:
     routing: RoutingSettings = RoutingSettings()
     limits: LimitSettings = LimitSettings()
     discovery: tuple[DiscoverySpec, ...] = ()  #: DNS names followed for replicas (serve/gateway/discovery.py)
+    templates: tuple[CompiledTemplate, ...] = ()  #: registered prompt templates (serve/gateway/templates.py)
 
     def __post_init__(self) -> None:
         problems = []
@@ -165,7 +167,7 @@ def parse_config(raw: Any, base_dir: Path = Path("."), env: Mapping[str, str] | 
     problems: list[str] = []
     if not isinstance(raw, Mapping):
         raise ConfigError("gateway config: expected a mapping at the top level")
-    known = {"server", "backends", "adapter_roots", "adapters", "auth", "routing", "limits", "discovery"}
+    known = {"server", "backends", "adapter_roots", "adapters", "auth", "routing", "limits", "discovery", "templates"}
     if unknown := sorted(set(raw) - known):
         problems.append(f"unknown top-level key(s) {unknown}; known: {sorted(known)}")
     server = _build(ServerSettings, raw.get("server") or {}, "server", problems)
@@ -185,6 +187,7 @@ def parse_config(raw: Any, base_dir: Path = Path("."), env: Mapping[str, str] | 
         if not r.is_dir():
             problems.append(f"adapter_roots: '{r}' is not a directory")
     discovery = parse_discovery(raw.get("discovery"), problems)
+    templates = load_compiled_templates(raw.get("templates") or [], base_dir, problems)
     bases = {b.base_model for b in backends if b is not None} | {d.template.base_model for d in discovery}
     adapters = []
     for i, a in enumerate(raw.get("adapters") or []):
@@ -205,7 +208,8 @@ def parse_config(raw: Any, base_dir: Path = Path("."), env: Mapping[str, str] | 
         problems.append("backends: at least one backend (or a discovery entry) is needed")
     if not problems:
         try:
-            return GatewayConfig(tuple(backends), server, roots, tuple(adapters), tuple(keys), routing, limits, discovery)
+            return GatewayConfig(tuple(backends), server, roots, tuple(adapters), tuple(keys), routing, limits, discovery,
+                                 templates)
         except ConfigError as e:
             problems.append(str(e))
     raise ConfigError("gateway config has {} problem(s):\n  - {}".format(len(problems), "\n  - ".join(problems)))

@@ -26,8 +26,9 @@ from serve.gateway.auth import KeySpec, bearer_token
 from serve.gateway.errors import GatewayError, status_of
 from serve.gateway.fleet import Replica, replica_stats
 from serve.gateway.relay import RelayResponse, RequestRecord, StreamCloser, finish_request, relay_stream
-from serve.gateway.requests import ClientRequest, parse_request, prefix_keys, upstream_body
+from serve.gateway.requests import ClientRequest, prefix_keys, upstream_body
 from serve.gateway.state import GatewayState
+from serve.gateway.templates import parse_templated_request, template_prefix_keys
 from serve.routing import RouteContext
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -51,7 +52,7 @@ async def handle_generation(state: GatewayState, raw: Request, endpoint: Endpoin
     key = authenticate(state, raw)
     if state.is_draining:
         raise GatewayError(503, "the gateway is shutting down")
-    req = parse_request(await raw.body(), endpoint)
+    req = parse_templated_request(state.cfg.templates, await raw.body(), endpoint)
     base, adapter = state.adapters.resolve(req.model, state.fleet.base_models())
     if key is not None and not key.allows(req.model):
         raise GatewayError(403, f"this API key may not use model '{req.model}'", "model")
@@ -81,7 +82,9 @@ async def handle_generation(state: GatewayState, raw: Request, endpoint: Endpoin
 
 async def _serve(state: GatewayState, raw: Request, req: ClientRequest, record: RequestRecord, deadline_s: float) -> Response:
     limits = state.cfg.limits
-    keys = prefix_keys(req.body, record.adapter or record.base_model, limits.prefix_block_chars, limits.prefix_max_blocks)
+    salt = record.adapter or record.base_model
+    keys = (template_prefix_keys(req, salt, limits.prefix_max_blocks)
+            or prefix_keys(req.body, salt, limits.prefix_block_chars, limits.prefix_max_blocks))
     upstream = UpstreamRequest(req.endpoint, upstream_body(req), record.adapter,
                                timeout_s=min(limits.upstream_idle_timeout_s, limits.request_timeout_s),
                                request_id=raw.headers.get("x-request-id") or uuid.uuid4().hex)
