@@ -1,16 +1,20 @@
-"""Batched multi-LoRA in the style of Punica/S-LoRA, using dense matmuls only.
+"""Batched multi-LoRA in the style of Punica/S-LoRA: base rows and rows of many adapters share one pass.
 
-Every resident adapter owns a *slot* in stacked weights. For a projection group (``qkv``, ``o``,
-``gate_up``, ``down``) with sub-modules m (q, k, v / o / gate, up / down):
+Every resident adapter owns a *slot*. For a projection group (``qkv``, ``o``, ``gate_up``, ``down``) with
+sub-modules m (q, k, v / o / gate, up / down) of output widths ``out_m``, a layer keeps
 
-* ``A[group]``: ``[num_sub * S * R, in]``, rows ``m*S*R + s*R : ... + R`` hold slot ``s``'s ``lora_A`` of m;
-* ``B[group]``: ``[out_total, num_sub * S * R]``, block-diagonal: the rows of sub-module m hold slot ``s``'s
-  ``lora_B`` of m in columns ``m*S*R + s*R : ... + R``.
+* ``A[group]``: ``[S, num_sub * R, in]``: slot ``s``'s ``lora_A`` of m in rows ``m*R : m*R + r``;
+* ``B[group]``: ``[S, R * out_total]``: per slot, m's ``lora_B.T`` as an ``[R, out_m]`` block.
 
-With ``x`` [N, in], ``xa = x @ A.T`` [N, num_sub*S*R] is multiplied by a per-row mask (``scaling`` on the
-row's own slot's columns, 0 elsewhere), then ``delta = xa @ B.T``. Rows of the base model have an all-zero
-mask, so base and any mix of adapters share one forward pass. Slots are zero-padded to ``max_rank`` (R), so
-ranks may differ between adapters.
+Each row of a batch carries its slot (-1 = base model). ``delta`` gathers per row (the SGMV idea): the row's
+input is multiplied by its own slot's A (shrink to R per sub-module, times the adapter's scaling), then by
+its slot's B (expand), so a step reads only the slots it uses and base rows cost nothing. On CPU this is one
+C++ kernel call per group (``csrc/lora.cpp``); elsewhere batched matmuls over the gathered weights. Slots
+are zero-padded to ``max_rank`` (R), so ranks may differ between adapters.
+
+The earlier design, one stacked A and one block-diagonal B per group for all slots with a per-row mask,
+read every slot's weights every step and cost four torch calls per group: 8 distinct adapters ran at
+0.75x the base throughput; the gathered kernel brought that to ~0.9x (``bench/PROFILE.md``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lorafleet.errors import ArtifactError
-from serve.engine.linear import Projection
+from serve.engine import cpu_kernels
 
 if TYPE_CHECKING:
     from serve.engine.llama import LlamaSpec
@@ -134,76 +138,73 @@ def _module_dims(spec: "LlamaSpec", module: str) -> tuple[int, int]:
 class LoraBatch:
     """Per-step LoRA selection, shared by every layer."""
 
-    masks: dict[int, torch.Tensor]  #: num_sub -> [N, num_sub*S*R]: scaling on each row's slot columns, else 0
+    row_slots: torch.Tensor  #: [N] int64: each row's slot, -1 for the base model
+    scales: torch.Tensor  #: [S] float32: each slot's scaling (0 for an empty slot)
 
 
 class LoraStack:
-    """Device-resident stacked adapter weights for ``num_slots`` slots of rank ``max_rank``.
-
-    Per layer and group: ``A`` [num_sub*S*R, in] and a block-diagonal ``B`` [out_total, num_sub*S*R] (sub-module
-    m's rows only see m's columns). One matmul each per group, both prepacked like the base projections: the
-    zero blocks cost a little bandwidth but save two to three small matmul calls per group, which dominated
-    (44 µs each unpacked, 1,650 calls per step at 16 rows).
-    """
+    """Device-resident adapter weights for ``num_slots`` slots of rank ``max_rank`` (layout in the module doc)."""
 
     def __init__(self, spec: "LlamaSpec", num_slots: int, max_rank: int, dtype: torch.dtype, device: torch.device):
         self.spec, self.num_slots, self.max_rank = spec, num_slots, max_rank
         self.dtype, self.device = dtype, device
-        sr = num_slots * max_rank
+        self.out_dims = {g: [_module_dims(spec, m)[1] for m in mods] for g, mods in GROUPS.items()}
         self.A: list[dict[str, torch.Tensor]] = []
         self.B: list[dict[str, torch.Tensor]] = []
         for _ in range(spec.num_layers):
-            a_layer, b_layer = {}, {}
-            for group, modules in GROUPS.items():
-                in_dim = _module_dims(spec, modules[0])[0]
-                out_total = sum(_module_dims(spec, m)[1] for m in modules)
-                a_layer[group] = torch.zeros(len(modules) * sr, in_dim, dtype=dtype, device=device)
-                b_layer[group] = torch.zeros(out_total, len(modules) * sr, dtype=dtype, device=device)
-            self.A.append(a_layer)
-            self.B.append(b_layer)
-        self._proj: list[dict[str, tuple[Projection, Projection]]] = [{} for _ in range(spec.num_layers)]
-        for layer in range(spec.num_layers):
-            self._repack(layer)
-        self.scaling = [0.0] * num_slots
-
-    def _repack(self, layer: int) -> None:
-        self._proj[layer] = {g: (Projection(self.A[layer][g]), Projection(self.B[layer][g])) for g in GROUPS}
+            self.A.append({g: torch.zeros(num_slots, len(mods) * max_rank, _module_dims(spec, mods[0])[0], dtype=dtype,
+                                          device=device) for g, mods in GROUPS.items()})
+            self.B.append({g: torch.zeros(num_slots, max_rank * sum(self.out_dims[g]), dtype=dtype, device=device)
+                           for g in GROUPS})
+        self.scaling = torch.zeros(num_slots, dtype=torch.float32)
+        self._scales_dev = self.scaling.to(device)
+        self.kernels = cpu_kernels.load() if device.type == "cpu" else None
 
     def set_slot(self, slot: int, adapter: LoraAdapter | None) -> None:
         """Copy ``adapter`` into ``slot`` (zero-padded to ``max_rank``), or clear the slot with ``None``."""
-        r_max, sr = self.max_rank, self.num_slots * self.max_rank
+        R = self.max_rank
         with torch.no_grad():
             for layer in range(self.spec.num_layers):
                 for group, modules in GROUPS.items():
-                    out_start = 0
+                    a_slot, b_slot = self.A[layer][group][slot], self.B[layer][group][slot]
+                    a_slot.zero_()
+                    b_slot.zero_()
+                    b_off = 0
                     for mi, module in enumerate(modules):
-                        out_dim = _module_dims(self.spec, module)[1]
-                        cols = slice(mi * sr + slot * r_max, mi * sr + (slot + 1) * r_max)
-                        self.A[layer][group][cols].zero_()
-                        self.B[layer][group][out_start:out_start + out_dim, cols].zero_()
+                        out_dim = self.out_dims[group][mi]
                         w = adapter.weights.get((layer, module)) if adapter else None
                         if w is not None:
                             a, b = w
                             r = a.shape[0]
-                            self.A[layer][group][cols.start:cols.start + r] = a.to(self.dtype)
-                            self.B[layer][group][out_start:out_start + out_dim, cols.start:cols.start + r] = b.to(self.dtype)
-                        out_start += out_dim
-                self._repack(layer)
+                            a_slot[mi * R:mi * R + r] = a.to(self.dtype)
+                            b_slot[b_off:b_off + R * out_dim].view(R, out_dim)[:r] = b.T.to(self.dtype)
+                        b_off += R * out_dim
         self.scaling[slot] = adapter.scaling if adapter else 0.0
+        self._scales_dev = self.scaling.to(self.device)
 
     def make_batch(self, row_slots: list[int]) -> LoraBatch | None:
-        """Build the per-row masks for slots ``row_slots`` (-1 = base). ``None`` when no row uses an adapter."""
+        """The per-step selection for rows using ``row_slots`` (-1 = base); ``None`` when no row uses an adapter."""
         if all(s < 0 for s in row_slots):
             return None
-        r = self.max_rank
-        rows = torch.tensor(row_slots, dtype=torch.long)
-        col_slot = torch.arange(self.num_slots).repeat_interleave(r)
-        col_scale = torch.tensor(self.scaling, dtype=torch.float32).repeat_interleave(r)
-        mask = ((rows[:, None] == col_slot[None, :]).float() * col_scale[None, :]).to(device=self.device, dtype=self.dtype)
-        subs = {len(m) for m in GROUPS.values()}
-        return LoraBatch({n: mask.repeat(1, n) if n > 1 else mask for n in subs})
+        return LoraBatch(torch.tensor(row_slots, dtype=torch.long, device=self.device), self._scales_dev)
 
     def delta(self, layer: int, group: str, x: torch.Tensor, batch: LoraBatch) -> torch.Tensor:
         """LoRA output of ``group`` for input ``x`` [N, in] → [N, sum of the group's out dims]."""
-        a, b = self._proj[layer][group]
-        return b(a(x) * batch.masks[len(GROUPS[group])])
+        a, b = self.A[layer][group], self.B[layer][group]
+        if self.kernels is not None:
+            return self.kernels.lora_delta(x.contiguous(), a, b, batch.row_slots, batch.scales, self.out_dims[group],
+                                           self.max_rank)
+        return self._delta_torch(a, b, self.out_dims[group], x, batch)
+
+    def _delta_torch(self, a: torch.Tensor, b: torch.Tensor, out_dims: list[int], x: torch.Tensor,
+                     batch: LoraBatch) -> torch.Tensor:
+        R, n = self.max_rank, x.shape[0]
+        slots = batch.row_slots.clamp(min=0)
+        row_scale = torch.where(batch.row_slots >= 0, batch.scales[slots], 0.0).to(x.dtype)
+        h = torch.bmm(a[slots], x.unsqueeze(-1)).squeeze(-1) * row_scale[:, None]  # [N, num_sub*R]
+        parts, b_off = [], 0
+        for mi, out_dim in enumerate(out_dims):
+            b_m = b[slots, b_off:b_off + R * out_dim].view(n, R, out_dim)
+            parts.append(torch.bmm(h[:, None, mi * R:(mi + 1) * R], b_m).squeeze(1))
+            b_off += R * out_dim
+        return torch.cat(parts, dim=1)
