@@ -29,6 +29,7 @@ class StreamResult:
     e2e_s: float
     output_tokens: int
     first_to_last_s: float
+    prompt_tokens: int | None = None  #: from the usage event, when the server sends one
 
     @property
     def tpot_s(self) -> float:
@@ -48,6 +49,46 @@ class LoadResult:
         return 1000 * quantile([r.ttft_s for r in self.results], q)
 
 
+class StreamError(RuntimeError):
+    """The server answered with an error status or sent an error event inside the stream."""
+
+
+class StreamTimer:
+    """Times one SSE stream of /v1/completions or /v1/chat/completions, fed line by line with timestamps.
+
+    The first and last events carrying text (``text`` or ``delta.content``) bound TTFT and TPOT; token counts
+    come from the usage event (``stream_options.include_usage``), else the number of text events.
+    """
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.first: float | None = None
+        self.last: float | None = None
+        self.text_events = 0
+        self.usage: dict | None = None
+
+    def feed(self, line: str, now: float) -> None:
+        """Take one line of the stream received at ``now``; raises :class:`StreamError` on an error event."""
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            return
+        event = json.loads(line[6:])
+        if "error" in event:
+            raise StreamError(f"stream error {event['error']}")
+        choice = (event.get("choices") or [{}])[0]
+        if choice.get("text") or (choice.get("delta") or {}).get("content"):
+            self.first = self.first or now
+            self.last = now
+            self.text_events += 1
+        if event.get("usage"):
+            self.usage = event["usage"]
+
+    def result(self, end: float) -> StreamResult:
+        first = self.first or end
+        tokens = self.usage["completion_tokens"] if self.usage else self.text_events
+        prompt = self.usage.get("prompt_tokens") if self.usage else None
+        return StreamResult(first - self.start, end - self.start, tokens, (self.last or end) - first, prompt)
+
+
 def quantile(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
@@ -60,27 +101,16 @@ def median(values: list[float]) -> float:
 async def stream_one(client: httpx.AsyncClient, base_url: str, req: StreamRequest) -> StreamResult:
     body = {"model": req.model, "prompt": req.prompt, "max_tokens": req.max_tokens, "temperature": 0,
             "ignore_eos": req.ignore_eos, "stream": True, "stream_options": {"include_usage": True}}
-    start = time.perf_counter()
-    first = last = None
-    tokens = 0
+    timer = StreamTimer(time.perf_counter())
     async with client.stream("POST", base_url + "/v1/completions", json=body) as resp:
         if resp.status_code != 200:
             raise RuntimeError(f"{base_url}: HTTP {resp.status_code}: {(await resp.aread())[:300]!r}")
-        async for line in resp.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            if "error" in event:
-                raise RuntimeError(f"{base_url}: stream error {event['error']}")
-            if event.get("choices") and event["choices"][0].get("text"):
-                now = time.perf_counter()
-                first = first or now
-                last = now
-            if event.get("usage"):
-                tokens = event["usage"]["completion_tokens"]
-    end = time.perf_counter()
-    first = first or end
-    return StreamResult(first - start, end - start, tokens, (last or end) - first)
+        try:
+            async for line in resp.aiter_lines():
+                timer.feed(line, time.perf_counter())
+        except StreamError as e:
+            raise RuntimeError(f"{base_url}: {e}") from None
+    return timer.result(time.perf_counter())
 
 
 async def _run(base_url: str, requests: list[StreamRequest]) -> LoadResult:
