@@ -8,6 +8,10 @@ Layout: each layer's cache is ``[num_blocks * block_size, num_kv_heads, head_dim
   ``[num_decodes, max_ctx, kv_heads, head_dim]`` and masked, one matmul + softmax + matmul for all rows;
 * each prefill chunk attends causally to its cached context plus itself.
 
+Caches may be stored quantized (int8 / fp8 with per-KV-head scales, :mod:`serve.engine.kv_cache`): the
+kernel dequantizes while it reads, the torch paths dequantize what they gather, and a prefill chunk's own
+keys/values are rounded through the storage dtype, so a prompt sees exactly what later decodes will see.
+
 All index tensors are built once per step (:class:`AttnMetadata`) and shared by every layer.
 """
 
@@ -17,6 +21,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from serve.engine import kv_cache
+from serve.engine.kv_cache import LayerKV
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +51,24 @@ class AttnMetadata:
     block_size: int = 16
 
 
-def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
-    """Store new keys/values ``[num_tokens, kv_heads, head_dim]`` at ``slots``."""
-    k_cache.index_copy_(0, slots, k)
-    v_cache.index_copy_(0, slots, v)
+def write_kv(kv: LayerKV, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
+    """Store new keys/values ``[num_tokens, kv_heads, head_dim]`` at ``slots`` (quantized if the cache is)."""
+    kv_cache.write(kv, k, v, slots)
 
 
-def decode_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttnMetadata, scale: float, kernels=None
-) -> torch.Tensor:
+def rope_and_write_quantized(kernels, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                             kv: LayerKV, slots: torch.Tensor, num_heads: int, num_kv_heads: int) -> None:
+    """CPU-kernel path for a quantized cache: rotate q/k of ``qkv`` [N, (heads + 2 kv_heads) × hd] in place,
+    then quantize the token's K/V into the cache at ``slots``. The fused rope kernel copies K/V in the model
+    dtype, so it is pointed at a throw-away buffer and a second kernel does the quantized store."""
+    n, hd = qkv.shape[0], kv.k.shape[2]
+    scratch = torch.empty((n, num_kv_heads, hd), dtype=qkv.dtype, device=qkv.device)
+    kernels.rope_and_cache(qkv, cos, sin, positions, scratch, scratch, torch.arange(n, device=qkv.device),
+                           num_heads, num_kv_heads)
+    kernels.write_kv_quant(qkv, kv.k, kv.v, slots, kv.k_scale, kv.v_scale, num_heads * hd)
+
+
+def decode_attention(q: torch.Tensor, kv: LayerKV, meta: AttnMetadata, scale: float, kernels=None) -> torch.Tensor:
     """Attention for decode rows. ``q``: [num_decodes, heads, head_dim] → [num_decodes, heads, head_dim].
 
     With ``kernels`` (the compiled CPU extension) blocks are read in place: 10 µs instead of 137 µs per layer
@@ -60,14 +76,17 @@ def decode_attention(
     matmul + softmax, which beat SDPA for single-token queries on CPU (SDPA's per-call overhead dominates).
     """
     if kernels is not None and meta.decode_block_tables is not None:
+        if kv.is_quantized:
+            return kernels.paged_decode_attention_quant(
+                q, kv.k, kv.v, kv.k_scale, kv.v_scale, meta.decode_block_tables, meta.decode_context_lens,
+                meta.block_size, scale)
         return kernels.paged_decode_attention(
-            q, k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, meta.block_size, scale
+            q, kv.k, kv.v, meta.decode_block_tables, meta.decode_context_lens, meta.block_size, scale
         )
     d, heads, hd = q.shape
-    kv_heads = k_cache.shape[1]
+    kv_heads = kv.k.shape[1]
     group = heads // kv_heads
-    k = k_cache[meta.decode_slots]  # [d, T, kvh, hd]
-    v = v_cache[meta.decode_slots]
+    k, v = kv_cache.read(kv, meta.decode_slots, q.dtype)  # [d, T, kvh, hd]
     qg = q.view(d, kv_heads, group, hd)
     scores = torch.matmul(qg, k.permute(0, 2, 3, 1)) * scale  # [d, kvh, g, T]
     scores = scores + meta.decode_mask
@@ -80,16 +99,15 @@ def prefill_attention(
     q: torch.Tensor,
     k_new: torch.Tensor,
     v_new: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
+    kv: LayerKV,
     span: PrefillSpan,
     scale: float,
 ) -> torch.Tensor:
     """Causal attention of one chunk. ``q``: [n, heads, hd], ``k_new``/``v_new``: [n, kvh, hd] → [n, heads, hd]."""
     if span.context_slots is None:
-        k, v = k_new, v_new
+        k, v = kv_cache.round_trip(kv, k_new, v_new)
     else:
-        k, v = k_cache[span.context_slots], v_cache[span.context_slots]
+        k, v = kv_cache.read(kv, span.context_slots, q.dtype)
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1).unsqueeze(0),
         k.transpose(0, 1).unsqueeze(0),

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorafleet.errors import ArtifactError
-from serve.engine.attention import AttnMetadata, decode_attention, prefill_attention, write_kv
+from serve.engine.attention import (AttnMetadata, decode_attention, prefill_attention, rope_and_write_quantized,
+                                    write_kv)
+from serve.engine.kv_cache import LayerKV
 from serve.engine.linear import Projection
 from serve.engine.lora import LoraBatch, LoraStack
 
@@ -151,7 +153,7 @@ class LlamaForCausalLM(nn.Module):
         input_ids: torch.Tensor,  # [N]
         positions: torch.Tensor,  # [N] int64
         meta: AttnMetadata,
-        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        kv_caches: list[LayerKV],
         lora: LoraStack | None = None,
         lora_batch: LoraBatch | None = None,
     ) -> torch.Tensor:  # [N, hidden], before the final norm
@@ -162,12 +164,12 @@ class LlamaForCausalLM(nn.Module):
         cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
         last = len(self.layers) - 1
         for li, layer in enumerate(self.layers):
-            k_cache, v_cache = kv_caches[li]
+            kv = kv_caches[li]
             qkv = layer.proj["qkv"](x)
             if lora_batch is not None:
                 qkv = qkv + lora.delta(li, "qkv", x, lora_batch)
-            q, k, v = self._rope_and_cache(qkv, positions, cos, sin, k_cache, v_cache, meta.slot_mapping)
-            attn = self._attention(q, k, v, k_cache, v_cache, meta).reshape(n, spec.q_size)
+            q, k, v = self._rope_and_cache(qkv, positions, cos, sin, kv, meta.slot_mapping)
+            attn = self._attention(q, k, v, kv, meta).reshape(n, spec.q_size)
             o = layer.proj["o"](attn)
             if lora_batch is not None:
                 o = o + lora.delta(li, "o", attn, lora_batch)
@@ -204,13 +206,17 @@ class LlamaForCausalLM(nn.Module):
         g, u = gu.chunk(2, dim=-1)
         return F.silu(g) * u
 
-    def _rope_and_cache(self, qkv, positions, cos, sin, k_cache, v_cache, slots):
+    def _rope_and_cache(self, qkv, positions, cos, sin, kv: LayerKV, slots):
         """Rotate q/k, store k/v at ``slots``; returns q [N, heads, hd], k and v [N, kv_heads, hd]."""
         spec, n = self.spec, qkv.shape[0]
         if self.kernels is not None:
             qkv = qkv.contiguous()
-            self.kernels.rope_and_cache(qkv, self.rope_cos, self.rope_sin, positions, k_cache, v_cache, slots,
-                                        spec.num_heads, spec.num_kv_heads)
+            if kv.is_quantized:
+                rope_and_write_quantized(self.kernels, qkv, self.rope_cos, self.rope_sin, positions, kv, slots,
+                                         spec.num_heads, spec.num_kv_heads)
+            else:
+                self.kernels.rope_and_cache(qkv, self.rope_cos, self.rope_sin, positions, kv.k, kv.v, slots,
+                                            spec.num_heads, spec.num_kv_heads)
             q, k, v = qkv.split([spec.q_size, spec.kv_size, spec.kv_size], dim=-1)
             return (q.view(n, spec.num_heads, spec.head_dim), k.view(n, spec.num_kv_heads, spec.head_dim),
                     v.view(n, spec.num_kv_heads, spec.head_dim))
@@ -218,17 +224,17 @@ class LlamaForCausalLM(nn.Module):
         q = apply_rope(q.view(n, spec.num_heads, spec.head_dim), cos, sin)
         k = apply_rope(k.view(n, spec.num_kv_heads, spec.head_dim), cos, sin)
         v = v.view(n, spec.num_kv_heads, spec.head_dim)
-        write_kv(k_cache, v_cache, k, v, slots)
+        write_kv(kv, k, v, slots)
         return q, k, v
 
-    def _attention(self, q, k, v, k_cache, v_cache, meta: AttnMetadata) -> torch.Tensor:
+    def _attention(self, q, k, v, kv: LayerKV, meta: AttnMetadata) -> torch.Tensor:
         parts = []
         nd = meta.num_decodes
         if nd:
-            parts.append(decode_attention(q[:nd], k_cache, v_cache, meta, self.scale, self.kernels))
+            parts.append(decode_attention(q[:nd], kv, meta, self.scale, self.kernels))
         for span in meta.prefills:
             s, e = span.token_start, span.token_start + span.num_tokens
-            parts.append(prefill_attention(q[s:e], k[s:e], v[s:e], k_cache, v_cache, span, self.scale))
+            parts.append(prefill_attention(q[s:e], k[s:e], v[s:e], kv, span, self.scale))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

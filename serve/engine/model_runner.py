@@ -12,7 +12,8 @@ import torch
 from lorafleet.loading import load_hf_config, load_state_dict
 from serve.engine.attention import AttnMetadata, PrefillSpan
 from lorafleet.config import EngineConfig
-from serve.engine.kv_math import DTYPE_BYTES, GIB, kv_bytes_per_token, num_kv_blocks
+from serve.engine import kv_cache
+from serve.engine.kv_math import DTYPE_BYTES, GIB, kv_bytes_per_token, kv_storage_dtype, num_kv_blocks
 from serve.engine.llama import LlamaForCausalLM, LlamaSpec
 from serve.engine.lora import LoraAdapter, LoraStack
 from serve.engine.sampler import SamplingBatch, sample
@@ -41,6 +42,7 @@ class EngineLayout:
     device: str
     dtype: str
     kv_bytes_per_token: int
+    kv_cache_dtype: str = "auto"  #: dtype K/V are stored in: the model dtype, int8 or fp8
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,16 @@ class RunnerOutput:
     """Tokens sampled in one step, by sequence id (only sequences whose step reached their last token)."""
 
     sampled: dict[str, int]
+
+
+def dequantize_int8_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Checkpoints of ``lorafleet optimize quantize --scheme int8-engine`` store ``W.weight`` as int8 [out, in]
+    with ``W.weight_scale`` fp32 [out]; they are dequantized to ``q × scale`` here (in place, fp32) and then cast
+    to the engine dtype like any weight. Other state dicts pass through unchanged."""
+    for name in [n for n in state if n.endswith(".weight_scale") and state[n[: -len("_scale")]].dtype == torch.int8]:
+        weight = name[: -len("_scale")]
+        state[weight] = state[weight].float() * state.pop(name).float().reshape(-1, 1)
+    return state
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,16 +82,14 @@ class ModelRunner:
             from serve.engine import cpu_kernels
 
             self.model.kernels = cpu_kernels.load()
-        per_token = kv_bytes_per_token(self.spec.num_layers, self.spec.num_kv_heads, self.spec.head_dim, DTYPE_BYTES[cfg.dtype])
+        kv_dtype = kv_storage_dtype(cfg.kv_cache_dtype, cfg.dtype)
+        per_token = kv_bytes_per_token(self.spec.num_layers, self.spec.num_kv_heads, self.spec.head_dim, DTYPE_BYTES[kv_dtype])
         blocks = cfg.num_kv_blocks or num_kv_blocks(int(cfg.kv_cache_gb * GIB), per_token, cfg.block_size)
         max_len = min(cfg.max_model_len or self.spec.max_position_embeddings, blocks * cfg.block_size)
-        self.layout = EngineLayout(blocks, cfg.block_size, max_len, self.spec.vocab_size, str(self.device), cfg.dtype, per_token)
-        slots = blocks * cfg.block_size
-        shape = (slots, self.spec.num_kv_heads, self.spec.head_dim)
-        self.kv_caches = [
-            (torch.zeros(shape, dtype=self.dtype, device=self.device), torch.zeros(shape, dtype=self.dtype, device=self.device))
-            for _ in range(self.spec.num_layers)
-        ]
+        self.layout = EngineLayout(blocks, cfg.block_size, max_len, self.spec.vocab_size, str(self.device), cfg.dtype, per_token,
+                                   kv_dtype)
+        self.kv_caches = kv_cache.allocate(checkpoint, cfg.kv_cache_dtype, self.spec.num_layers, blocks * cfg.block_size,
+                                           self.spec.num_kv_heads, self.spec.head_dim, self.dtype, self.device)
         self.model.rope_cos, self.model.rope_sin = self._rope_tables(checkpoint, max_len)
         self.lora = LoraStack(self.spec, cfg.max_loras, cfg.max_lora_rank, self.dtype, self.device) if cfg.max_loras else None
         self._generators: dict[str, torch.Generator] = {}
@@ -91,7 +101,7 @@ class ModelRunner:
         model = model.to_empty(device=self.device).to(self.dtype)
         if self.spec.tie_word_embeddings:
             model.lm_head = model.embed
-        model.load_hf_state_dict(load_state_dict(checkpoint))
+        model.load_hf_state_dict(dequantize_int8_weights(load_state_dict(checkpoint)))
         return model.eval()
 
     def _rope_tables(self, checkpoint: Path, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +148,15 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=self.device)])
         tokens = sample(logits, self._sampling_batch(sampling_items), self._default_generator)
         return RunnerOutput({it.seq.seq_id: t for it, t in zip(sampling_items, tokens)})
+
+    @torch.inference_mode()
+    def chunk_logits(self, item: ScheduledSeq) -> torch.Tensor:
+        """fp32 logits ``[num_new_tokens, vocab]`` at every token of one chunk, whose K/V are stored as usual
+        (prompt scoring: perplexity, next-token agreement). Base model only; nothing is sampled."""
+        input_ids, positions, meta, _ = self._prepare([item])
+        hidden = self.model(torch.tensor(input_ids, device=self.device), torch.tensor(positions, device=self.device),
+                            meta, self.kv_caches)
+        return self.model.compute_logits(hidden)
 
     def _prepare(self, items: list[ScheduledSeq]) -> tuple[list[int], list[int], AttnMetadata, list[int]]:
         bs = self.cfg.block_size
