@@ -178,16 +178,23 @@ def render_sections(template: PromptTemplate, values: Mapping[str, Any]) -> tupl
 def to_messages(sections: tuple[RenderedSection, ...], mark_static_end: bool = False) -> list[dict[str, str]]:
     """Chat messages: consecutive sections of one role joined by a blank line.
 
-    With ``mark_static_end``, :data:`SENTINEL` is put where the first per-request section starts (or after
-    the last section if all are static), so the caller can find the static prefix in the chat-rendered text.
+    With ``mark_static_end``, :data:`SENTINEL` marks the end of static content: before the first per-request
+    section, or after the last section if all are static, so the caller can find the static prefix in the
+    chat-rendered text.
     """
     messages: list[dict[str, str]] = []
     marked = not mark_static_end
     for s in sections:
-        text = s.text
+        text, joins = s.text, bool(messages) and messages[-1]["role"] == s.role
         if not marked and not s.is_static:
-            text, marked = SENTINEL + text, True
-        if messages and messages[-1]["role"] == s.role:
+            # Inside a message the marker goes before the blank line: "\n\n" tokenizes differently alone than
+            # before a word, so it is not a stable end of the prefix.
+            marked = True
+            if joins:
+                messages[-1]["content"] += SENTINEL
+            else:
+                text = SENTINEL + text
+        if joins:
             messages[-1]["content"] += SECTION_SEPARATOR + text
         else:
             messages.append({"role": s.role, "content": text})

@@ -164,7 +164,7 @@ def parse_template(text: str, source: Path | None = None) -> PromptTemplate:
         raise ConfigError(f"{where}: a template is a YAML mapping with name and sections")
     lines = _Lines(root)
     problems: list[str] = []
-    _unknown(data, _TOP_KEYS, "", lines.of(), problems)
+    _unknown(data, _TOP_KEYS, "", lines, (), problems)
     name = str(data.get("name", ""))
     if not _NAME.match(name):
         problems.append(f"line {lines.of('name')}: name must match {_NAME.pattern}, got {name!r}")
@@ -222,10 +222,11 @@ class _Lines:
         return node.start_mark.line + (2 if getattr(node, "style", None) in ("|", ">") else 1)
 
 
-def _unknown(data: dict, known: tuple[str, ...], where: str, line: int, problems: list[str]) -> None:
-    extra = sorted(str(k) for k in set(data) - set(known))
-    if extra:
-        problems.append(f"line {line}: {where}unknown key(s) {extra}; known: {list(known)}")
+def _unknown(data: dict, known: tuple[str, ...], where: str, lines: _Lines, path: tuple[str | int, ...],
+             problems: list[str]) -> None:
+    """One problem per unknown key of the mapping at ``path``, on the key's own line."""
+    for key in sorted((k for k in data if k not in known), key=str):
+        problems.append(f"line {lines.of(*path, key)}: {where}unknown key {key!r}; known: {list(known)}")
 
 
 def _variables(raw: Any, lines: _Lines, problems: list[str]) -> list[Variable]:
@@ -245,7 +246,7 @@ def _variables(raw: Any, lines: _Lines, problems: list[str]) -> list[Variable]:
         if not isinstance(spec, dict):
             problems.append(f"line {line}: variable '{name}' must be a type name or a mapping")
             continue
-        _unknown(spec, _VARIABLE_KEYS, f"variable '{name}': ", line, problems)
+        _unknown(spec, _VARIABLE_KEYS, f"variable '{name}': ", lines, ("variables", name), problems)
         vtype = spec.get("type", "string")
         if vtype not in VARIABLE_TYPES:
             problems.append(f"line {line}: variable '{name}': type must be one of {VARIABLE_TYPES}, got {vtype!r}")
@@ -278,7 +279,7 @@ def _sections(raw: Any, lines: _Lines, problems: list[str]) -> list[Section]:
             problems.append(f"line {line}: sections[{i}] must be a mapping")
             continue
         name = str(s.get("name", f"sections[{i}]"))
-        _unknown(s, _SECTION_KEYS, f"section '{name}': ", line, problems)
+        _unknown(s, _SECTION_KEYS, f"section '{name}': ", lines, ("sections", i), problems)
         kind = s.get("kind", "system")
         if kind not in KIND_DEFAULTS:
             problems.append(f"line {line}: section '{name}': kind must be one of {list(KIND_DEFAULTS)}, got {kind!r}")

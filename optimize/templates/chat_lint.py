@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from lorafleet.errors import ConfigError
-from lorafleet.templates.render import referenced_names
+from lorafleet.templates.render import referenced_names, render_sections
 from lorafleet.templates.prefix import common_prefix_len, split_prompt
 from lorafleet.templates.spec import PromptTemplate
 from optimize.templates.lint import ERROR, Finding
@@ -83,7 +83,14 @@ def lint_chat_template(template: PromptTemplate, tokenizer: Any, origin: str) ->
                 "`--chat-template` on the server; keep the date, if needed, in a per-request section", None, origin))
     with frozen_clock(PROBE_TIMES[0]):
         other = split_prompt(tokenizer, template, second)
-    if not other.full_text.startswith(early.static_text):
+    last_static = _last_static_text(template, first)
+    if last_static is not None and last_static not in early.static_text:
+        out.append(Finding(
+            "chat-template-reorders", ERROR, _line(source, _MESSAGE_LOOP), "the chat template renders per-request "
+            f"content before the static sections (the static prefix ends after {len(early.static_text)} characters, "
+            f"{_around(early.static_text, len(early.static_text))!r}, ahead of the last static section)",
+            "use a chat template that renders messages in order without moving later content forward", None, origin))
+    elif not other.full_text.startswith(early.static_text):
         at = common_prefix_len(early.static_text, other.full_text)
         out.append(Finding(
             "chat-template-reorders", ERROR, _line(source, _MESSAGE_LOOP), "the chat template puts per-request "
@@ -92,6 +99,16 @@ def lint_chat_template(template: PromptTemplate, tokenizer: Any, origin: str) ->
             "in order without moving later content forward, or put the per-request sections in the last user message",
             None, origin))
     return out
+
+
+def _last_static_text(template: PromptTemplate, values: dict[str, Any]) -> str | None:
+    """Rendered text of the last static section before the first per-request one (None if there is none)."""
+    last = None
+    for section in render_sections(template, values):
+        if not section.is_static:
+            return last
+        last = section.text
+    return last
 
 
 def _line(source: str, patterns: tuple[re.Pattern[str], ...]) -> int:
