@@ -78,6 +78,9 @@ class UpstreamRequest:
     adapter: str | None  #: adapter to apply, None for the base model
     timeout_s: float  #: read timeout: the longest wait for the response or for the next streamed event
     request_id: str = ""  #: gateway request id, forwarded as X-Request-Id
+    #: the JSON text of ``body`` as the client sent it, if ``body`` is unchanged: relayed as is when the
+    #: backend needs no change either (no re-serialisation on the hot path)
+    raw_body: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +144,23 @@ class Backend(ABC):
         """Run a non-streaming request; 4xx answers are returned, connection failures and 5xx raised."""
 
     @abstractmethod
-    def stream(self, req: UpstreamRequest) -> AsyncIterator[bytes]:
-        """Run a streaming request and yield each SSE event's data payload as it arrives (the JSON chunk, or
-        ``b"[DONE]"``). Before the first payload, failures raise as :meth:`generate`'s do; after it, a broken
-        stream raises :class:`BackendError` with ``retryable=False``. Closing the iterator aborts the request."""
+    def stream_batches(self, req: UpstreamRequest) -> AsyncIterator[list[bytes]]:
+        """Run a streaming request and yield SSE event data payloads (the JSON chunk, or ``b"[DONE]"``) as they
+        arrive, as lists: every event that one read from the engine completed, so a relay can pass them on
+        in one write without waiting for anything. ``[DONE]`` is the last payload; the iterator ends once the
+        response is over. Before the first payload, failures raise as :meth:`generate`'s do; after it, a
+        broken stream raises :class:`BackendError` with ``retryable=False``. Closing the iterator aborts the
+        request."""
+
+    async def stream(self, req: UpstreamRequest) -> AsyncIterator[bytes]:
+        """:meth:`stream_batches`, one payload at a time."""
+        batches = self.stream_batches(req)
+        try:
+            async for batch in batches:
+                for payload in batch:
+                    yield payload
+        finally:
+            await batches.aclose()
 
     @abstractmethod
     async def health(self) -> bool:

@@ -8,6 +8,7 @@ adapters are loaded, and the metrics format.
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -17,7 +18,10 @@ from lorafleet.errors import BackendError
 from serve.backends.base import (Backend, BackendSpec, EngineMetrics, ServedModels, UpstreamError, UpstreamRequest,
                                  UpstreamResponse)
 from serve.backends.engine_metrics import parse_engine_metrics
+from serve.backends.http1 import HTTP1Pool
 from serve.backends.sse import SSEDecoder
+
+DONE = b"[DONE]"
 
 
 def error_message(body: Any, fallback: str) -> str:
@@ -35,6 +39,13 @@ def error_message(body: Any, fallback: str) -> str:
     return fallback
 
 
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
 def _json_or_text(content: bytes) -> Any:
     try:
         return json.loads(content)
@@ -43,89 +54,113 @@ def _json_or_text(content: bytes) -> Any:
 
 
 class OpenAIHTTPBackend(Backend):
-    """An OpenAI-compatible engine. Requests name the adapter (or the base model) in ``model``."""
+    """An OpenAI-compatible engine. Requests name the adapter (or the base model) in ``model``.
 
-    def __init__(self, spec: BackendSpec, client: httpx.AsyncClient | None = None) -> None:
+    Generation requests go through ``http`` (a lean keep-alive pool, :class:`HTTP1Pool` by default); every
+    other call goes through the httpx ``client``.
+    """
+
+    def __init__(self, spec: BackendSpec, client: httpx.AsyncClient | None = None, http: Any = None) -> None:
         super().__init__(spec)
         headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
-        # No pool limit: the gateway bounds concurrency itself, and a pool wait would hide inside TTFT.
         self._client = client or httpx.AsyncClient(
             base_url=spec.url, headers=headers, timeout=httpx.Timeout(spec.health_timeout_s, connect=spec.connect_timeout_s),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30.0))
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=8, keepalive_expiry=30.0))
+        # No connection limit: the gateway bounds concurrency itself, and a pool wait would hide inside TTFT.
+        self._http = http or HTTP1Pool(spec.url, headers, spec.connect_timeout_s)
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        await self._http.aclose()
 
     # -- naming --------------------------------------------------------------------------------------------
     def upstream_model(self, adapter: str | None) -> str:
         """The ``model`` value the engine expects for ``adapter`` (None: the base model)."""
         return adapter if adapter is not None else self.spec.upstream_model
 
+    def changes_body(self, req: UpstreamRequest) -> bool:
+        """Whether :meth:`upstream_body` differs from the client's body (else its bytes are relayed as is)."""
+        return req.body.get("model") != self.upstream_model(req.adapter)
+
     def upstream_body(self, req: UpstreamRequest) -> dict[str, Any]:
         body = dict(req.body)
         body["model"] = self.upstream_model(req.adapter)
         return body
 
-    def rewrite_payload(self, payload: bytes, req: UpstreamRequest) -> bytes:
-        """Put the client's model name back into a streamed chunk. Engines serialise compactly
-        (``"model":"x"``), so a bytes replace does it without parsing every chunk."""
+    def encode_body(self, req: UpstreamRequest) -> bytes:
+        if req.raw_body is not None and not self.changes_body(req):
+            return req.raw_body
+        return json.dumps(self.upstream_body(req), separators=(",", ":"), ensure_ascii=False).encode()
+
+    def payload_rewrite(self, req: UpstreamRequest) -> tuple[bytes, bytes] | None:
+        """(old, new) bytes that put the client's model name back into streamed chunks, or None if the names
+        agree. Engines serialise compactly (``"model":"x"``), so a bytes replace does it without parsing."""
         upstream, client = self.upstream_model(req.adapter), req.body.get("model")
         if not isinstance(client, str) or client == upstream:
-            return payload
-        return payload.replace(b'"model":' + json.dumps(upstream).encode(), b'"model":' + json.dumps(client).encode(), 1)
+            return None
+        return b'"model":' + json.dumps(upstream).encode(), b'"model":' + json.dumps(client).encode()
 
     def _timeout(self, read_s: float) -> httpx.Timeout:
         return httpx.Timeout(read_s, connect=self.spec.connect_timeout_s)
 
-    def _headers(self, req: UpstreamRequest) -> dict[str, str]:
-        return {"X-Request-Id": req.request_id} if req.request_id else {}
+    def _headers(self, req: UpstreamRequest) -> dict[str, str] | None:
+        return {"X-Request-Id": req.request_id} if req.request_id else None
 
     def _transport_error(self, e: Exception, what: str) -> BackendError:
-        kind = "timed out" if isinstance(e, httpx.TimeoutException) else f"failed ({type(e).__name__}: {e})"
+        timed_out = isinstance(e, (httpx.TimeoutException, TimeoutError))
+        kind = "timed out" if timed_out else f"failed ({type(e).__name__}: {e})"
         return BackendError(f"backend '{self.spec.name}': {what} {kind}", retryable=True)
+
+    def _answer_error(self, status: int, content: bytes, reason: str) -> UpstreamError:
+        body = _json_or_text(content)
+        return UpstreamError(status, f"backend '{self.spec.name}' answered {status}: {error_message(body, reason)}",
+                             body if isinstance(body, dict) else None)
 
     # -- inference -----------------------------------------------------------------------------------------
     async def generate(self, req: UpstreamRequest) -> UpstreamResponse:
+        path = req.endpoint.value
         try:
-            r = await self._client.post(req.endpoint.value, json=self.upstream_body(req), timeout=self._timeout(req.timeout_s),
-                                        headers=self._headers(req))
-        except httpx.HTTPError as e:
-            raise self._transport_error(e, req.endpoint.value) from None
-        body = _json_or_text(r.content)
-        if r.status_code >= 500 or not isinstance(body, dict):
-            raise UpstreamError(r.status_code, f"backend '{self.spec.name}' answered {r.status_code}: "
-                                                f"{error_message(body, r.reason_phrase)}", body if isinstance(body, dict) else None)
-        if r.status_code == 200 and isinstance(req.body.get("model"), str):
+            response = await self._http.post(path, self.encode_body(req), req.timeout_s, self._headers(req))
+            try:
+                content = await response.read()
+            finally:
+                response.close()
+        except OSError as e:
+            raise self._transport_error(e, path) from None
+        body = _json_or_text(content)
+        if response.status >= 500 or not isinstance(body, dict):
+            raise self._answer_error(response.status, content, _reason(response.status))
+        if response.status == 200 and isinstance(req.body.get("model"), str):
             body["model"] = req.body["model"]
-        return UpstreamResponse(r.status_code, body)
+        return UpstreamResponse(response.status, body)
 
-    async def stream(self, req: UpstreamRequest) -> AsyncIterator[bytes]:
-        request = self._client.build_request("POST", req.endpoint.value, json=self.upstream_body(req),
-                                             timeout=self._timeout(req.timeout_s), headers=self._headers(req))
+    async def stream_batches(self, req: UpstreamRequest) -> AsyncIterator[list[bytes]]:
+        path = req.endpoint.value
         try:
-            response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as e:
-            raise self._transport_error(e, req.endpoint.value) from None
+            response = await self._http.post(path, self.encode_body(req), req.timeout_s, self._headers(req))
+        except OSError as e:
+            raise self._transport_error(e, path) from None
+        rewrite = self.payload_rewrite(req)
         started = done = False
         try:
-            if response.status_code != 200:
-                body = _json_or_text(await response.aread())
-                raise UpstreamError(response.status_code, f"backend '{self.spec.name}' answered {response.status_code}: "
-                                                          f"{error_message(body, response.reason_phrase)}",
-                                    body if isinstance(body, dict) else None)
+            if response.status != 200:
+                raise self._answer_error(response.status, await response.read(), _reason(response.status))
             decoder = SSEDecoder()
-            async for chunk in response.aiter_bytes():
-                for payload in decoder.feed(chunk):
-                    started = True
-                    done = payload == b"[DONE]"
-                    yield self.rewrite_payload(payload, req)
-        except httpx.HTTPError as e:
-            what = "stream" if started else req.endpoint.value
-            err = self._transport_error(e, what)
+            while (chunk := await response.next_chunk()) is not None:
+                payloads = decoder.feed(chunk)
+                if not payloads or done:
+                    continue
+                started = True
+                done = payloads[-1] == DONE
+                if rewrite is not None:
+                    payloads = [p.replace(rewrite[0], rewrite[1], 1) for p in payloads]
+                yield payloads
+        except OSError as e:
+            err = self._transport_error(e, "stream" if started else path)
             err.retryable = not started
             raise err from None
         finally:
-            await response.aclose()
+            response.close()
         if not done:
             raise BackendError(f"backend '{self.spec.name}': stream ended without [DONE]", retryable=not started)
 

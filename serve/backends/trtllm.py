@@ -32,6 +32,9 @@ class TRTLLMBackend(OpenAIHTTPBackend):
     def upstream_model(self, adapter: str | None) -> str:
         return self.spec.upstream_model
 
+    def changes_body(self, req: UpstreamRequest) -> bool:
+        return req.adapter is not None or super().changes_body(req)
+
     def upstream_body(self, req: UpstreamRequest) -> dict[str, Any]:
         body = super().upstream_body(req)
         if req.adapter is not None:

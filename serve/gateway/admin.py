@@ -32,7 +32,7 @@ def router(state: GatewayState) -> APIRouter:
     api = APIRouter(prefix="/admin")
 
     def require_admin(raw: Request) -> None:
-        key = authenticate(state, raw)
+        key = authenticate(state, raw.headers)
         if key is not None and not key.admin:
             raise GatewayError(403, f"key '{key.name}' is not an admin key")
 

@@ -1,4 +1,4 @@
-"""The gateway's FastAPI app: one OpenAI endpoint in front of many engine replicas.
+"""The gateway app: one OpenAI endpoint in front of many engine replicas.
 
 :func:`build_app` builds the whole state once (replicas, adapter registry, policy, metrics, keys) and keeps
 it on ``app.state.gateway``; nothing is global, so tests can run several gateways in one process. The
@@ -17,18 +17,20 @@ from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
-from serve.backends.base import Endpoint
 from serve.gateway import admin, discovery, health
+from serve.gateway.asgi import GatewayApp
 from serve.gateway.config import GatewayConfig
 from serve.gateway.errors import install_error_handlers
-from serve.gateway.proxy import authenticate, handle_generation
+from serve.gateway.proxy import authenticate
 from serve.gateway.state import GatewayState
 
 log = logging.getLogger("lorafleet.gateway")
 
 
-def build_app(cfg: GatewayConfig) -> FastAPI:
-    """The app for ``cfg``, not yet started (its lifespan starts the backends and health checks)."""
+def build_app(cfg: GatewayConfig) -> GatewayApp:
+    """The app for ``cfg``, not yet started (its lifespan starts the backends and health checks).
+
+    The generation endpoints are served by :class:`GatewayApp` itself; FastAPI serves the rest."""
     state = GatewayState.build(cfg)
     created = int(time.time())
 
@@ -50,19 +52,11 @@ def build_app(cfg: GatewayConfig) -> FastAPI:
     app.state.gateway = state
     install_error_handlers(app)
 
-    @app.post("/v1/completions")
-    async def completions(raw: Request) -> Response:
-        return await handle_generation(state, raw, Endpoint.COMPLETIONS)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(raw: Request) -> Response:
-        return await handle_generation(state, raw, Endpoint.CHAT)
-
     @app.get("/v1/models")
     async def list_models(raw: Request) -> dict:
         """Base models with at least one replica, and declared adapters of those bases, that the caller's key
         may use. ``parent`` names an adapter's base model, as in vLLM."""
-        key = authenticate(state, raw)
+        key = authenticate(state, raw.headers)
         bases = sorted(state.fleet.base_models())
         cards = [{"id": b, "object": "model", "created": created, "owned_by": "lorafleet", "parent": None,
                   "root": b} for b in bases]
@@ -83,10 +77,12 @@ def build_app(cfg: GatewayConfig) -> FastAPI:
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
         state.metrics.queued.set(state.admission.num_waiting)
+        for r in state.fleet:
+            state.metrics.in_flight.labels(r.name).set(r.num_in_flight)
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(admin.router(state))
-    return app
+    return GatewayApp(state, app)
 
 
 async def drain(state: GatewayState) -> None:

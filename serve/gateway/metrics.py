@@ -69,23 +69,39 @@ class GatewayMetrics:
         self.healthy = Gauge("gateway:backend_healthy", "1 while the replica passes health checks.", ("backend",),
                              registry=r)
 
+        # Labelled children by label values: ``labels()`` takes a lock and validates on every call, and the
+        # request path records about ten samples per request.
+        self._children: dict[tuple, tuple] = {}
+
+    def child(self, metric, *values: str):
+        """``metric.labels(*values)``, cached."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
+
     def observe_request(self, labels: RequestLabels, *, e2e_s: float, queue_s: float | None, ttft_s: float | None,
                         tpot_s: float | None, prompt_tokens: int, completion_tokens: int, itl_s: Sequence[float] = ()) -> None:
         """Record one finished request (success or not)."""
         values = (labels.base_model, labels.adapter, labels.backend, labels.status)
-        self.requests.labels(*values).inc()
-        self.e2e.labels(*values).observe(e2e_s)
+        children = self._children.get(values)
+        if children is None:
+            children = self._children[values] = tuple(m.labels(*values) for m in (
+                self.requests, self.e2e, self.queue, self.ttft, self.tpot, self.itl, self.prompt_tokens,
+                self.completion_tokens))
+        requests, e2e, queue, ttft, tpot, itl, prompt, completion = children
+        requests.inc()
+        e2e.observe(e2e_s)
         if queue_s is not None:
-            self.queue.labels(*values).observe(queue_s)
+            queue.observe(queue_s)
         if ttft_s is not None:
-            self.ttft.labels(*values).observe(ttft_s)
+            ttft.observe(ttft_s)
         if tpot_s is not None:
-            self.tpot.labels(*values).observe(tpot_s)
-        if itl_s:
-            itl = self.itl.labels(*values)
-            for gap in itl_s:
-                itl.observe(gap)
+            tpot.observe(tpot_s)
+        for gap in itl_s:
+            itl.observe(gap)
         if prompt_tokens:
-            self.prompt_tokens.labels(*values).inc(prompt_tokens)
+            prompt.inc(prompt_tokens)
         if completion_tokens:
-            self.completion_tokens.labels(*values).inc(completion_tokens)
+            completion.inc(completion_tokens)

@@ -10,14 +10,12 @@ the stream with an SSE error event.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
-
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
 from lorafleet.errors import BackendError
 from serve.backends.base import Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse
@@ -25,20 +23,20 @@ from serve.gateway.admission import QueueFull
 from serve.gateway.auth import KeySpec, bearer_token
 from serve.gateway.errors import GatewayError, status_of
 from serve.gateway.fleet import Replica, replica_stats
-from serve.gateway.relay import RelayResponse, RequestRecord, StreamCloser, finish_request, relay_stream
-from serve.gateway.requests import ClientRequest, prefix_keys, upstream_body
+from serve.gateway.relay import InFlight, RequestRecord, Send, finish_request, relay_stream
+from serve.gateway.requests import ClientRequest, Incoming, prefix_keys, upstream_body
 from serve.gateway.state import GatewayState
 from serve.gateway.templates import parse_templated_request, template_prefix_keys
 from serve.routing import RouteContext
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-def authenticate(state: GatewayState, raw: Request) -> KeySpec | None:
-    """The caller's key (None when auth is off); 401 without a valid key."""
+def authenticate(state: GatewayState, headers: Mapping[str, str]) -> KeySpec | None:
+    """The caller's key (None when auth is off); 401 without a valid key. ``headers``: lower-case names."""
     if not state.keys.is_enabled:
         return None
-    token = bearer_token(raw.headers.get("authorization"), raw.headers.get("x-api-key"))
+    token = bearer_token(headers.get("authorization"), headers.get("x-api-key"))
     if token is None:
         raise GatewayError(401, "missing API key: send 'Authorization: Bearer <key>'")
     key = state.keys.lookup(token)
@@ -47,12 +45,14 @@ def authenticate(state: GatewayState, raw: Request) -> KeySpec | None:
     return key
 
 
-async def handle_generation(state: GatewayState, raw: Request, endpoint: Endpoint) -> Response:
+async def handle_generation(state: GatewayState, incoming: Incoming, endpoint: Endpoint, send: Send) -> None:
+    """Serve one completion or chat request, writing the response with ``send``. Errors before the response
+    starts are raised (the caller answers them as OpenAI error JSON); after it starts, they end the stream."""
     arrival = time.monotonic()
-    key = authenticate(state, raw)
+    key = authenticate(state, incoming.headers)
     if state.is_draining:
         raise GatewayError(503, "the gateway is shutting down")
-    req = parse_templated_request(state.cfg.templates, await raw.body(), endpoint)
+    req = parse_templated_request(state.cfg.templates, incoming.body, endpoint)
     base, adapter = state.adapters.resolve(req.model, state.fleet.base_models())
     if key is not None and not key.allows(req.model):
         raise GatewayError(403, f"this API key may not use model '{req.model}'", "model")
@@ -66,57 +66,53 @@ async def handle_generation(state: GatewayState, raw: Request, endpoint: Endpoin
         record.status = 503
         finish_request(state, record)
         raise GatewayError(503, str(e)) from None
-    handed_over = False
+    flight = InFlight(state, record)
     try:
-        response = await _serve(state, raw, req, record, arrival + state.cfg.limits.request_timeout_s)
-        handed_over = isinstance(response, RelayResponse)
-        return response
+        await _serve(state, incoming, req, flight, arrival + state.cfg.limits.request_timeout_s, send)
     except BaseException as e:
-        record.status = 499 if isinstance(e, asyncio.CancelledError) else status_of(e)
+        if not flight.is_finished:
+            record.status = 499 if isinstance(e, asyncio.CancelledError) else status_of(e)
         raise
     finally:
-        if not handed_over:
-            state.admission.release()
-            finish_request(state, record)
+        flight.finish()
 
 
-async def _serve(state: GatewayState, raw: Request, req: ClientRequest, record: RequestRecord, deadline_s: float) -> Response:
-    limits = state.cfg.limits
+async def _serve(state: GatewayState, incoming: Incoming, req: ClientRequest, flight: InFlight, deadline_s: float,
+                 send: Send) -> None:
+    limits, record = state.cfg.limits, flight.record
     salt = record.adapter or record.base_model
     keys = (template_prefix_keys(req, salt, limits.prefix_max_blocks)
             or prefix_keys(req.body, salt, limits.prefix_block_chars, limits.prefix_max_blocks))
-    upstream = UpstreamRequest(req.endpoint, upstream_body(req), record.adapter,
+    body = upstream_body(req)
+    upstream = UpstreamRequest(req.endpoint, body, record.adapter,
                                timeout_s=min(limits.upstream_idle_timeout_s, limits.request_timeout_s),
-                               request_id=raw.headers.get("x-request-id") or uuid.uuid4().hex)
+                               request_id=incoming.headers.get("x-request-id") or uuid.uuid4().hex,
+                               raw_body=req.raw if body is req.body else None)
     if req.is_stream:
-        async def open_stream(replica: Replica) -> tuple[bytes, AsyncIterator[bytes]]:
-            events = replica.backend.stream(upstream)
+        async def open_stream(replica: Replica) -> tuple[list[bytes], AsyncIterator[list[bytes]]]:
+            batches = replica.backend.stream_batches(upstream)
             try:
-                return await anext(events), events
+                return await anext(batches), batches
             except BaseException:
-                await events.aclose()
+                await batches.aclose()
                 raise
 
-        replica, (first, events) = await _with_deadline(deadline_s, dispatch(state, record, upstream, keys, open_stream))
-        release_replica = _releaser(state, record, replica)
-
-        def release() -> None:
-            release_replica()
-            state.admission.release()
-
-        closer = StreamCloser(state, record, events, release)
-        return RelayResponse(relay_stream(record, first, events, req.include_usage, deadline_s, closer), closer, SSE_HEADERS)
+        replica, (first, batches) = await _with_deadline(deadline_s, dispatch(state, record, upstream, keys, open_stream))
+        flight.release_replica = _releaser(state, record, replica)
+        await relay_stream(send, flight, first, batches, req.include_usage, deadline_s)
+        return
 
     async def call(replica: Replica) -> UpstreamResponse:
         return await replica.backend.generate(upstream)
 
-    replica, result = await _with_deadline(deadline_s, _until_disconnect(raw, dispatch(state, record, upstream, keys, call)))
-    try:
-        record.status = result.status
-        record.take_usage(result.body.get("usage"))
-        return JSONResponse(dict(result.body), status_code=result.status)
-    finally:
-        _releaser(state, record, replica)()
+    replica, result = await _with_deadline(deadline_s, dispatch(state, record, upstream, keys, call))
+    flight.release_replica = _releaser(state, record, replica)
+    record.status = result.status
+    record.take_usage(result.body.get("usage"))
+    content = json.dumps(result.body, separators=(",", ":"), ensure_ascii=False).encode()
+    flight.finish()
+    await send({"type": "http.response.start", "status": result.status, "headers": JSON_HEADERS})
+    await send({"type": "http.response.body", "body": content})
 
 
 async def dispatch(state: GatewayState, record: RequestRecord, upstream: UpstreamRequest, keys: tuple[int, ...],
@@ -158,13 +154,12 @@ async def dispatch(state: GatewayState, record: RequestRecord, upstream: Upstrea
 def _route(state: GatewayState, record: RequestRecord, candidates: list[Replica], keys: tuple[int, ...]) -> Replica:
     stats = tuple(replica_stats(r, state.adapters.resident(r.name), keys, state.prefix_index) for r in candidates)
     decision = state.policy.choose(RouteContext(state.next_request_index(), record.base_model, record.adapter, stats, keys))
-    state.metrics.route_decisions.labels(decision.replica, decision.reason.value).inc()
+    state.metrics.child(state.metrics.route_decisions, decision.replica, decision.reason.value).inc()
     return next(r for r in candidates if r.name == decision.replica)
 
 
 def _take(state: GatewayState, record: RequestRecord, replica: Replica) -> None:
-    replica.num_in_flight += 1
-    state.metrics.in_flight.labels(replica.name).set(replica.num_in_flight)
+    replica.num_in_flight += 1  # (exported by /metrics when scraped)
     if record.adapter is not None:
         state.adapters.pin(replica.name, record.adapter)
 
@@ -180,7 +175,6 @@ def _releaser(state: GatewayState, record: RequestRecord, replica: Replica) -> C
             return
         done = True
         replica.num_in_flight -= 1
-        state.metrics.in_flight.labels(replica.name).set(replica.num_in_flight)
         if record.adapter is not None:
             state.adapters.unpin(replica.name, record.adapter)
 
@@ -193,20 +187,3 @@ async def _with_deadline(deadline_s: float, coro: Awaitable[Any]) -> Any:
             return await coro
     except TimeoutError:
         raise GatewayError(504, "request timed out in the gateway") from None
-
-
-async def _until_disconnect(raw: Request, coro: Awaitable[Any]) -> Any:
-    """Await ``coro``, cancelling it (which closes the upstream connection, so the engine aborts) if the
-    client disconnects first."""
-    task = asyncio.ensure_future(coro)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=0.25)
-            if done:
-                return task.result()
-            if await raw.is_disconnected():
-                task.cancel()
-                raise GatewayError(499, "client disconnected")
-    finally:
-        if not task.done():
-            task.cancel()

@@ -1,18 +1,16 @@
-"""Relaying a replica's answer to the client while measuring it: SSE passed through event by event (each
-event is written as soon as it arrives, nothing is buffered), token timing, usage, and a clean SSE error
-event when the replica fails midway."""
+"""Relaying a replica's answer to the client while measuring it: SSE passed through as it arrives (every
+event is written as soon as the read that completed it returns: events that arrived together go out in one
+write, none waits for another), token timing, usage, and a clean SSE error event when the replica fails
+midway. Responses are written with raw ASGI ``send`` calls; nothing is buffered."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import anyio
-from starlette.responses import StreamingResponse
 
 from lorafleet.errors import BackendError
 from serve.gateway.auth import KeySpec
@@ -21,6 +19,11 @@ from serve.gateway.metrics import RequestLabels
 from serve.gateway.state import GatewayState
 
 DONE = b"[DONE]"
+DRAIN_TIMEOUT_S = 5.0  #: after [DONE], how long the rest of the replica's response may take (connection reuse)
+Send = Callable[[dict], Awaitable[None]]
+SSE_START = {"type": "http.response.start", "status": 200,
+             "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                         (b"x-accel-buffering", b"no")]}
 
 
 @dataclass(slots=True)
@@ -72,6 +75,31 @@ def finish_request(state: GatewayState, record: RequestRecord) -> None:
         state.limiter.charge_tokens(record.key, record.prompt_tokens + completion)
 
 
+class InFlight:
+    """One admitted request's hold on the gateway: its admission slot, and once routed its replica's
+    in-flight count and adapter pin. :meth:`finish` gives them back and records the metrics, exactly once;
+    it runs before the client gets the response's last byte, so a client that sends its next request at
+    once finds the counters already updated."""
+
+    __slots__ = ("state", "record", "release_replica", "is_finished")
+
+    def __init__(self, state: GatewayState, record: RequestRecord) -> None:
+        self.state, self.record = state, record
+        self.release_replica: Callable[[], None] | None = None
+        self.is_finished = False
+
+    def finish(self) -> None:
+        if self.is_finished:
+            return
+        self.is_finished = True
+        try:
+            if self.release_replica is not None:
+                self.release_replica()
+        finally:
+            self.state.admission.release()
+            finish_request(self.state, self.record)
+
+
 def is_token_event(payload: bytes) -> bool:
     """Whether a chunk carries generated text, judged from bytes (engines serialise compactly) so that no
     chunk has to be parsed: a non-empty ``"text":"...`` or ``"content":"...``."""
@@ -82,87 +110,59 @@ def is_token_event(payload: bytes) -> bool:
     return False
 
 
-def frame(payload: bytes) -> bytes:
-    return b"data: " + payload + b"\n\n"
+def frames(record: RequestRecord, batch: list[bytes], include_usage: bool) -> tuple[bytes, bool]:
+    """The SSE bytes for the client from one batch of payloads, and whether the batch ended with [DONE].
+
+    Token events are timed, the usage chunk is read (and dropped if the client did not ask for it)."""
+    out: list[bytes] = []
+    now = time.monotonic()
+    for payload in batch:
+        if payload == DONE:
+            out.append(b"data: [DONE]\n\n")
+            return b"".join(out), True
+        if b'"usage":{' in payload:
+            chunk = json.loads(payload)
+            record.take_usage(chunk.get("usage"))
+            if not (include_usage or chunk.get("choices")):
+                continue
+        elif is_token_event(payload):
+            record.on_token_event(now)
+        out.append(b"data: " + payload + b"\n\n")
+    return b"".join(out), False
 
 
-class StreamCloser:
-    """Ends a relayed stream exactly once, however it ends: closes the upstream iterator (which aborts the
-    engine's request if it is still running), gives back the replica slot and admission slot, and records
-    the request's metrics. Called by the relay generator's ``finally`` and, in case the generator never
-    started (client gone before the first byte), by :class:`RelayResponse`."""
-
-    def __init__(self, state: GatewayState, record: RequestRecord, events: AsyncIterator[bytes],
-                 release: Callable[[], None]) -> None:
-        self.state, self.record, self.events, self.release = state, record, events, release
-        self.is_closed = False
-
-    async def close(self) -> None:
-        if self.is_closed:
-            return
-        self.is_closed = True
-        try:
-            await self.events.aclose()
-        finally:
-            self.release()
-            finish_request(self.state, self.record)
-
-
-class RelayResponse(StreamingResponse):
-    """A StreamingResponse that always runs its closer, even if its body iterator was never started."""
-
-    def __init__(self, content: AsyncIterator[bytes], closer: StreamCloser, headers: Mapping[str, str]) -> None:
-        super().__init__(content, media_type="text/event-stream", headers=dict(headers))
-        self.closer = closer
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            if not self.closer.is_closed:
-                if self.closer.record.status == 200:
-                    self.closer.record.status = 499
-                with anyio.CancelScope(shield=True):
-                    await self.closer.close()
-
-
-async def relay_stream(record: RequestRecord, first: bytes, events: AsyncIterator[bytes], include_usage: bool,
-                       deadline_s: float, closer: StreamCloser) -> AsyncIterator[bytes]:
-    """SSE bytes for the client: ``first`` then the rest of ``events``. Always ends: with [DONE], or with an
-    error event if the replica fails or the request's deadline passes. Closing it (client gone) aborts the
-    upstream request."""
-    payload = first
+async def relay_stream(send: Send, flight: InFlight, first: list[bytes], batches: AsyncIterator[list[bytes]],
+                       include_usage: bool, deadline_s: float) -> None:
+    """Write the SSE response: ``first`` then the rest of ``batches``. Always ends the response: with [DONE],
+    or with an error event if the replica fails or the request's deadline passes. Cancellation (the client
+    went away) propagates. The upstream iterator is closed on every path (which aborts an unfinished
+    request); after [DONE] it is first read to its end so its connection can be reused."""
+    record = flight.record
+    await send(SSE_START)
+    batch, is_done = first, False
     try:
-        while True:
-            if payload == DONE:
-                yield frame(DONE)
-                return
-            if b'"usage":{' in payload:
-                chunk = json.loads(payload)
-                record.take_usage(chunk.get("usage"))
-                if include_usage or chunk.get("choices"):
-                    yield frame(payload)
-            else:
-                if is_token_event(payload):
-                    record.on_token_event(time.monotonic())
-                yield frame(payload)
-            remaining = deadline_s - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            async with asyncio.timeout(remaining):
-                payload = await anext(events)
-    except TimeoutError:
-        record.status = 504
-        yield sse_error_event(504, "request timed out in the gateway")
-    except BackendError as e:
-        record.status = 502
-        yield sse_error_event(502, f"the stream from backend '{record.backend}' broke: {e}")
-    except StopAsyncIteration:  # backends raise rather than end without [DONE]; be safe anyway
-        record.status = 502
-        yield sse_error_event(502, f"the stream from backend '{record.backend}' ended early")
-    except (asyncio.CancelledError, GeneratorExit):
-        record.status = 499  # the client went away
-        raise
+        try:
+            async with asyncio.timeout(max(0.0, deadline_s - time.monotonic())):
+                while True:
+                    out, is_done = frames(record, batch, include_usage)
+                    if is_done:
+                        break
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                    batch = await anext(batches)
+        except TimeoutError:
+            record.status, out = 504, sse_error_event(504, "request timed out in the gateway")
+        except BackendError as e:
+            record.status, out = 502, sse_error_event(502, f"the stream from backend '{record.backend}' broke: {e}")
+        except StopAsyncIteration:  # backends raise rather than end without [DONE]; be safe anyway
+            record.status, out = 502, sse_error_event(502, f"the stream from backend '{record.backend}' ended early")
+        flight.finish()
+        await send({"type": "http.response.body", "body": out, "more_body": False})
+        if is_done:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                async for _ in batches:
+                    pass
+    except (TimeoutError, BackendError):
+        pass  # the replica did not end its response cleanly after [DONE]: closing it below is all to do
     finally:
-        with anyio.CancelScope(shield=True):
-            await closer.close()
+        await batches.aclose()

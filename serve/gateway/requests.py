@@ -16,6 +16,14 @@ TOKENS_PER_BLOCK = 16  # block size of token-id prompts: the engines' KV block
 
 
 @dataclass(frozen=True, slots=True)
+class Incoming:
+    """A generation request as it arrived over HTTP: all the request path reads of the HTTP layer."""
+
+    headers: Mapping[str, str]  #: header names in lower case
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ClientRequest:
     """A parsed generation request."""
 
@@ -24,6 +32,7 @@ class ClientRequest:
     model: str
     is_stream: bool
     include_usage: bool  #: the client asked for a usage chunk (stream_options.include_usage)
+    raw: bytes | None = None  #: the JSON text ``body`` was parsed from (relayed as is when nothing changes it)
 
 
 def parse_request(raw: bytes, endpoint: Endpoint) -> ClientRequest:
@@ -49,15 +58,15 @@ def parse_request(raw: bytes, endpoint: Endpoint) -> ClientRequest:
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise GatewayError(400, "'stream_options' must be an object", "stream_options")
-    return ClientRequest(endpoint, body, model, stream, bool(stream and options and options.get("include_usage")))
+    return ClientRequest(endpoint, body, model, stream, bool(stream and options and options.get("include_usage")), raw)
 
 
-def upstream_body(req: ClientRequest) -> dict[str, Any]:
-    """The body sent upstream: streams always ask for usage, so the gateway can count tokens."""
-    body = dict(req.body)
-    if req.is_stream:
-        body["stream_options"] = {**(req.body.get("stream_options") or {}), "include_usage": True}
-    return body
+def upstream_body(req: ClientRequest) -> Mapping[str, Any]:
+    """The body sent upstream: streams always ask for usage, so the gateway can count tokens. ``req.body``
+    itself when that changes nothing (then its raw bytes can be relayed)."""
+    if not req.is_stream or req.include_usage:
+        return req.body
+    return {**req.body, "stream_options": {**(req.body.get("stream_options") or {}), "include_usage": True}}
 
 
 def prompt_text(body: Mapping[str, Any]) -> str | list[int] | None:

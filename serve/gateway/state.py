@@ -64,10 +64,11 @@ class GatewayState:
             return None
         self.adapters.remove_replica(name)
         self.prefix_index.forget_replica(name)
-        try:
-            self.metrics.healthy.remove(name)
-        except KeyError:
-            pass
+        for gauge in (self.metrics.healthy, self.metrics.in_flight):
+            try:
+                gauge.remove(name)
+            except KeyError:
+                pass
 
         async def close_when_idle() -> None:
             deadline = asyncio.get_running_loop().time() + self.cfg.limits.drain_timeout_s

@@ -45,7 +45,7 @@ class CountingBackend(Backend):
     async def generate(self, req):  # pragma: no cover - not used here
         raise NotImplementedError
 
-    def stream(self, req):  # pragma: no cover
+    def stream_batches(self, req):  # pragma: no cover
         raise NotImplementedError
 
     async def health(self) -> bool:  # pragma: no cover
