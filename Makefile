@@ -69,3 +69,18 @@ bench-routing: setup
 
 bench-gateway: setup litellm-venv
 	$(VENV)/bin/lorafleet bench gateway --json bench/results/gateway.json
+
+# llm-compressor (GPTQ W4A16, SmoothQuant + GPTQ W8A8 for `lorafleet optimize quantize`) in its own venv: it pins
+# transformers 5.15-5.17 and compressed-tensors 0.19. CPU torch is installed first so no CUDA build is pulled in.
+LLMC_VENV ?= .venv-llmcompressor
+.PHONY: llmcompressor-venv bench-optimize
+
+$(LLMC_VENV)/.installed:
+	test -x $(LLMC_VENV)/bin/python || $(PYTHON) -m venv $(LLMC_VENV)
+	$(LLMC_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 "llmcompressor==0.14.0.1"
+	touch $@
+
+llmcompressor-venv: $(LLMC_VENV)/.installed
+
+bench-optimize: setup vllm-venv llmcompressor-venv
+	$(VENV)/bin/lorafleet bench optimize --json bench/results/optimize.json
