@@ -133,7 +133,7 @@ def serve(
 
 
 @app.command("gateway")
-def gateway(
+def gateway_command(  # (not `gateway`: that name is the submodule lorafleet.cli.gateway)
     config: Path = typer.Option(..., "--config", help="Gateway YAML config (backends, adapters, routing, auth, limits)."),
     host: Optional[str] = typer.Option(None, help="Address to bind; overrides server.host of the config."),
     port: Optional[int] = typer.Option(None, help="Port; overrides server.port of the config."),
