@@ -122,7 +122,7 @@ def quantize_all(run: Runner, base: Path, base_ppl: float, cfg: OptimizeBenchCon
     return out
 
 
-def kv_all(run: Runner, base: Path, cfg: OptimizeBenchConfig) -> dict[str, Any]:
+def kv_all(run: Runner, base: Path, vllm_base: dict[str, Any] | None) -> dict[str, Any]:
     dst = run.work / "kv"
     run.cli("kv scales", "optimize", "kv", str(base), "--out", str(dst), "--force")
     ref = run.ppl(dst, "engine", "bfloat16", "auto")
@@ -134,12 +134,12 @@ def kv_all(run: Runner, base: Path, cfg: OptimizeBenchConfig) -> dict[str, Any]:
                       "capacity_ratio": ref["kv_bytes_per_token"] / r["kv_bytes_per_token"],
                       "capacity_ratio_vs_fp32": fp32_bytes / r["kv_bytes_per_token"],
                       "kv_bytes_per_token": r["kv_bytes_per_token"]}
-    if not cfg.skip_vllm:
-        auto = run.ppl(dst, "vllm", VLLM_DTYPE, "auto")
+    if vllm_base is not None:  # the base served with its bf16 cache is the reference of vLLM's fp8 cache
         fp8 = run.ppl(dst, "vllm", VLLM_DTYPE, "fp8")
-        out["fp8"].update(vllm_ppl_delta_pct=delta_pct(fp8["ppl"], auto["ppl"]), load_vllm=answered_paris(fp8),
-                          vllm_kv_tokens={"auto": auto["vllm_kv_cache_tokens"], "fp8": fp8["vllm_kv_cache_tokens"]},
-                          vllm_capacity_ratio=(fp8["vllm_kv_cache_tokens"] or 0) / (auto["vllm_kv_cache_tokens"] or 1))
+        out["fp8"].update(vllm_ppl_delta_pct=delta_pct(fp8["ppl"], vllm_base["ppl"]), load_vllm=answered_paris(fp8),
+                          vllm_answer=fp8["vllm_answer"],
+                          vllm_kv_tokens={"bfloat16": vllm_base["vllm_kv_cache_tokens"], "fp8": fp8["vllm_kv_cache_tokens"]},
+                          vllm_capacity_ratio=(fp8["vllm_kv_cache_tokens"] or 0) / (vllm_base["vllm_kv_cache_tokens"] or 1))
     return out
 
 
@@ -207,9 +207,11 @@ def run(cfg: OptimizeBenchConfig) -> dict[str, Any]:
     base_r = runner.ppl(base, "hf")
     results: dict[str, Any] = {"base": {"ppl": base_r["ppl"], "bytes": sum(f.stat().st_size for f in base.glob("*.safetensors")),
                                         "num_tokens": base_r["num_tokens"], "backend": "hf", "dtype": "float32"}}
-    if not cfg.skip_vllm:
-        results["base"]["vllm_ppl_bf16"] = runner.ppl(base, "vllm", VLLM_DTYPE)["ppl"]
-    details = {"quantize": quantize_all(runner, base, base_r["ppl"], cfg), "kv": kv_all(runner, base, cfg),
+    vllm_base = None if cfg.skip_vllm else runner.ppl(base, "vllm", VLLM_DTYPE)
+    if vllm_base is not None:
+        results["base"].update(vllm_ppl_bf16=vllm_base["ppl"], vllm_answer=vllm_base["vllm_answer"],
+                               vllm_kv_cache_tokens=vllm_base["vllm_kv_cache_tokens"])
+    details = {"quantize": quantize_all(runner, base, base_r["ppl"], cfg), "kv": kv_all(runner, base, vllm_base),
                "prune": prune_all(runner, base, base_r["ppl"], cfg)}
     results.update(split_keys(details))
     results["details"] = details
