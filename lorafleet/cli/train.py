@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
-from click.core import ParameterSource
 
 from lorafleet.cli import app, bench_app, call
 from lorafleet.config.train import DpoConfig, MergeConfig, SftConfig, TrainBenchConfig
@@ -50,7 +49,8 @@ def _command(cls: type, run: Callable[[dict[str, Any], Optional[Path]], None], w
 
     def command(ctx: typer.Context, **values: Any) -> None:
         config = values.pop("config", None)
-        given = {k: v for k, v in values.items() if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
+        # By name: typer vendors its own click, so the enum class depends on the typer version.
+        given = {k: v for k, v in values.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
         run(given, config)
 
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]

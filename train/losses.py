@@ -1,0 +1,88 @@
+"""Loss math: log-probabilities through a frozen LM head, the DPO sigmoid loss and its reward metrics.
+
+Pure tensor functions: no model, no I/O. Shapes: N = labelled positions of a batch, H = hidden size,
+V = vocabulary, P = preference pairs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+#: Positions per chunk of the LM head: bounds the [chunk, V] logits held at once (~200 MB at V=49k, fp32).
+HEAD_CHUNK = 1024
+
+
+class _FrozenHeadLogProbs(torch.autograd.Function):
+    """log softmax(h W^T + b)[target] for a head that is not trained, in chunks of positions.
+
+    The gradient with respect to ``h`` is computed in the forward pass, chunk by chunk, as
+    ``(onehot - softmax) W``; only that [N, H] tensor is kept for backward instead of the [N, V] logits
+    and their softmax. Same arithmetic as autograd through ``F.linear`` + ``log_softmax`` + ``gather``.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets):  # type: ignore[override]
+        need_grad = ctx.needs_input_grad[0]
+        logps = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if need_grad else None
+        for s in range(0, hidden.shape[0], HEAD_CHUNK):
+            h, t = hidden[s:s + HEAD_CHUNK].to(weight.dtype), targets[s:s + HEAD_CHUNK]
+            logits = F.linear(h, weight, bias).float()  # [c, V]
+            lse = torch.logsumexp(logits, dim=-1)
+            logps[s:s + HEAD_CHUNK] = logits.gather(-1, t[:, None]).squeeze(-1) - lse
+            if need_grad:
+                d_logits = torch.exp(logits - lse[:, None]).neg_()  # d logp / d logits = onehot - softmax
+                d_logits[torch.arange(len(t), device=t.device), t] += 1
+                grad_hidden[s:s + HEAD_CHUNK] = (d_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+        ctx.save_for_backward(grad_hidden)
+        return logps
+
+    @staticmethod
+    def backward(ctx, grad_logps):  # type: ignore[override]
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad_logps[:, None].to(grad_hidden.dtype), None, None, None
+
+
+def head_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) for each position: ``hidden`` [N, H], ``targets`` [N] -> [N] float32.
+
+    Uses the chunked frozen-head path when the head has no trainable weights, plain autograd otherwise.
+    """
+    if head.weight.requires_grad or (head.bias is not None and head.bias.requires_grad):
+        return torch.log_softmax(head(hidden).float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    return _FrozenHeadLogProbs.apply(hidden, head.weight, head.bias, targets)
+
+
+def head_kl(h_policy: torch.Tensor, h_ref: torch.Tensor, head: torch.nn.Linear) -> torch.Tensor:
+    """Per-position KL(policy || reference) over the whole vocabulary, in nats: [N, H] x2 -> [N] (no grad)."""
+    out = []
+    with torch.no_grad():
+        for s in range(0, h_policy.shape[0], HEAD_CHUNK):
+            lp = torch.log_softmax(head(h_policy[s:s + HEAD_CHUNK].to(head.weight.dtype)).float(), dim=-1)
+            lr = torch.log_softmax(head(h_ref[s:s + HEAD_CHUNK].to(head.weight.dtype)).float(), dim=-1)
+            out.append((lp.exp() * (lp - lr)).sum(-1))
+    return torch.cat(out) if out else h_policy.new_zeros(0, dtype=torch.float32)
+
+
+def per_row_sum(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Sum ``values`` [N] into ``num_rows`` buckets by ``rows`` [N] (row index of each position) -> [num_rows]."""
+    return torch.zeros(num_rows, dtype=values.dtype, device=values.device).index_add(0, rows, values)
+
+
+def dpo_sigmoid_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+                     ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DPO (Rafailov et al. 2023), TRL's ``loss_type="sigmoid"``: all inputs are summed reply log-probs [P].
+
+    Returns (per-pair loss [P], chosen rewards [P], rejected rewards [P]); a reward is
+    ``beta * (log pi(y|x) - log pi_ref(y|x))`` and the loss is ``-log sigmoid(chosen - rejected reward)``.
+    """
+    chosen_rewards = beta * (policy_chosen - ref_chosen)
+    rejected_rewards = beta * (policy_rejected - ref_rejected)
+    return -F.logsigmoid(chosen_rewards - rejected_rewards), chosen_rewards.detach(), rejected_rewards.detach()
+
+
+def reward_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> float:
+    """Share of pairs whose chosen reward is above the rejected one; a tie counts half (untrained: 0.5)."""
+    wins = (chosen_rewards > rejected_rewards).float() + 0.5 * (chosen_rewards == rejected_rewards).float()
+    return float(wins.mean()) if wins.numel() else float("nan")

@@ -1,0 +1,87 @@
+"""``lorafleet train sft``: supervised fine-tuning of a LoRA / QLoRA / DoRA adapter, loss on reply tokens only."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lorafleet.config.train import SftConfig
+from train.batching import Batch, collate, epoch_batches, in_order_batches, plan_rows
+from train.data import read_samples, read_train_val
+from train.encode import Encoded, encode_all, pad_token_id
+from train.forward import inference, target_logprobs
+from train.loop import fit
+from train.memory import read_peak, reset_peak
+from train.session import Session, build_model, data_report, finish, open_session, report_skipped
+
+
+@dataclass(frozen=True, slots=True)
+class SftBatch:
+    """A collated micro-batch; the loss is normalized by its target tokens."""
+
+    tensors: Batch
+
+    @property
+    def num_tokens(self) -> int:
+        return self.tensors.num_tokens
+
+    @property
+    def weight(self) -> int:
+        return self.tensors.num_targets
+
+
+class SftTask:
+    """Micro-batches of encoded samples (packed or not) and the token-level cross-entropy on their replies."""
+
+    def __init__(self, train: list[Encoded], val: list[Encoded], cfg: SftConfig, pad_id: int) -> None:
+        self.train, self.val, self.cfg, self.pad_id = train, val, cfg, pad_id
+        self.rows = plan_rows([len(e.input_ids) for e in train], cfg.max_seq_len, cfg.packing)
+        self.num_batches = math.ceil(len(self.rows) / cfg.batch_size)
+        self._epoch: tuple[int, list[list[list[int]]]] | None = None
+        val_rows = plan_rows([len(e.input_ids) for e in val], cfg.max_seq_len, cfg.packing)
+        self.val_batches = [collate(val, b, pad_id) for b in in_order_batches(val_rows, cfg.batch_size)]
+
+    def batch(self, epoch: int, index: int) -> SftBatch:
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, epoch_batches(self.rows, self.cfg.batch_size, self.cfg.seed, epoch))
+        return SftBatch(collate(self.train, self._epoch[1][index], self.pad_id))
+
+    def loss_sum(self, model: Any, batch: SftBatch) -> torch.Tensor:
+        logps, _ = target_logprobs(model, batch.tensors)
+        return -logps.sum()
+
+    def evaluate(self, model: Any) -> dict[str, float]:
+        """Token-weighted mean cross-entropy over every validation reply token."""
+        if not self.val_batches:
+            return {}
+        total, count = 0.0, 0
+        with inference(model):
+            for b in self.val_batches:
+                logps, _ = target_logprobs(model, b)
+                total, count = total - float(logps.sum()), count + logps.numel()
+        return {"val_loss": total / max(count, 1)}
+
+
+def run(cfg: SftConfig) -> dict[str, Any]:
+    """Train per ``cfg`` and write the run directory; returns the report."""
+    session = open_session(cfg)
+    train, val, data = load_data(session)
+    model = build_model(session)
+    task = SftTask(train, val, cfg, pad_token_id(session.tokenizer))
+    reset_peak(session.device)
+    state = fit(model, task, cfg, session.run_dir, session.console)
+    return finish(session, model, "sft", state, read_peak(session.device), data)
+
+
+def load_data(session: Session) -> tuple[list[Encoded], list[Encoded], dict[str, Any]]:
+    """Read, split and encode the data; every sample not trained on is counted and reported."""
+    cfg = session.cfg
+    samples, val_samples, bad = read_train_val(read_samples, cfg.data, cfg.val_data, cfg.val_fraction, cfg.skip_bad)
+    report_skipped(session.console, bad)
+    train, dropped = encode_all(session.tokenizer, samples, cfg.max_seq_len)
+    val, dropped_val = encode_all(session.tokenizer, val_samples, cfg.max_seq_len)
+    data = data_report(session, train, val, bad, dropped + dropped_val, "samples")
+    return train, val, data
