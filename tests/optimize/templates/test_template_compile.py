@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lorafleet.chat import chat_token_ids
 from lorafleet.templates import load_compiled, load_template, parse_template, render_messages
 from lorafleet.templates.prefix import encode, split_prompt
 from optimize.templates.compile import CompileOptions, check_prefix, compile_template
@@ -51,24 +52,18 @@ def test_static_prefix_starts_every_full_prompt(tokenizer, support) -> None:
         full = encode(tokenizer, split_prompt(tokenizer, compiled.template, values).full_text)
         assert full[: len(ids)] == ids, values
         # and the gateway's path (messages through the chat template, as the engine renders them) agrees
-        from lorafleet.chat import chat_token_ids
-
         assert chat_token_ids(tokenizer, render_messages(compiled.template, values)) == full
 
 
-def test_unstable_boundary_is_detected_and_left_out(tokenizer) -> None:
+def test_unstable_boundary_is_detected_and_left_out(tokenizer, swap_chat_template) -> None:
     t = parse_template("name: t\nvariables: {q: {type: string}}\nsections:\n"
                        "  - {name: policy, kind: system, text: You are very help}\n"
                        "  - {name: q, kind: user, text: '{{ q }}'}\n")
-    original = tokenizer.chat_template
-    try:
-        tokenizer.chat_template = CONCAT_CHAT_TEMPLATE
+    with swap_chat_template(CONCAT_CHAT_TEMPLATE):
         check = check_prefix(tokenizer, t, [{"q": "ful and kind."}, {"q": "ing hands."}])
         compiled = compile_template(t, tokenizer, "smollm2", CompileOptions())
         samples = [{"q": "ful"}, {"q": "s"}, {"q": " hi"}]
         fulls = [encode(tokenizer, split_prompt(tokenizer, t, v).full_text) for v in samples]
-    finally:
-        tokenizer.chat_template = original
     # "help" alone is one token; inside "helpful" it is not there at all
     assert check.num_stable == len(check.static_ids) - 1 and "help" in check.boundary
     assert compiled.prefix.num_unstable_tokens >= 1 and not compiled.checks["tokenizes_identically"]

@@ -142,28 +142,21 @@ def test_lint_ignore_silences_a_code() -> None:
     assert lint(text) == []
 
 
-def test_chat_template_that_injects_the_date(tokenizer) -> None:
+def test_chat_template_that_injects_the_date(tokenizer, swap_chat_template) -> None:
     clean = parse_template((EXAMPLES / "support.yaml").read_text())
-    original = tokenizer.chat_template
-    try:
-        tokenizer.chat_template = DATE_CHAT_TEMPLATE
+    with swap_chat_template(DATE_CHAT_TEMPLATE):
         found = lint_chat_template(clean, tokenizer, "llama31.jinja")
-    finally:
-        tokenizer.chat_template = original
     assert [(f.code, f.line, f.file) for f in found] == [("chat-template-volatile", 3, "llama31.jinja")]
     assert "Today Date: 01 Jan 2024" in found[0].message and "strftime_now" in found[0].fix
 
 
-@pytest.mark.parametrize("chat_template, message", [(LAST_FIRST_CHAT_TEMPLATE, "before the static sections"),
+@pytest.mark.parametrize("source, message", [(LAST_FIRST_CHAT_TEMPLATE, "before the static sections"),
                                                      (LENGTH_HEADER_CHAT_TEMPLATE, "prompts diverge at character 36")])
-def test_chat_template_that_puts_per_request_content_first(tokenizer, chat_template: str, message: str) -> None:
+def test_chat_template_that_puts_per_request_content_first(tokenizer, swap_chat_template, source: str,
+                                                            message: str) -> None:
     clean = parse_template((EXAMPLES / "support.yaml").read_text())
-    original = tokenizer.chat_template
-    try:
-        tokenizer.chat_template = chat_template
+    with swap_chat_template(source):
         found = lint_chat_template(clean, tokenizer, "custom.jinja")
-    finally:
-        tokenizer.chat_template = original
     assert [(f.code, f.line) for f in found] == [("chat-template-reorders", 2)]  # the line of its message loop
     assert message in found[0].message
 
