@@ -15,13 +15,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lorafleet.errors import ArtifactError, ConfigError
 from lorafleet.templates.prefix import num_cacheable_tokens, num_wasted_tokens
-from lorafleet.templates.spec import PromptTemplate, parse_template
+from lorafleet.templates.spec import PromptTemplate, Section, Variable, parse_template
 
 ARTIFACT_KIND = "lorafleet.prompt_template"
 FORMAT_VERSION = 1
@@ -77,6 +77,40 @@ class CompiledTemplate:
         return self.template.version
 
 
+def template_to_dict(template: PromptTemplate) -> dict[str, Any]:
+    """The YAML-ready form (what :func:`parse_template` reads back to an equal template, lines aside)."""
+    def var(v: Variable) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": v.type}
+        if not v.required and v.default is None:
+            out["required"] = False
+        for key in ("default", "description", "max_length", "minimum", "maximum"):
+            if getattr(v, key) not in (None, ""):
+                out[key] = getattr(v, key)
+        for key in ("values", "examples"):
+            if getattr(v, key):
+                out[key] = list(getattr(v, key))
+        return out
+
+    def sec(s: Section) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": s.name, "kind": s.kind, "scope": s.scope, "role": s.role}
+        if s.pinned:
+            out["pinned"] = True
+        if s.lint_ignore:
+            out["lint_ignore"] = list(s.lint_ignore)
+        out["text"] = s.text
+        return out
+
+    data: dict[str, Any] = {"name": template.name, "version": template.version}
+    if template.description:
+        data["description"] = template.description
+    if template.constants:
+        data["constants"] = dict(template.constants)
+    if template.variables:
+        data["variables"] = {v.name: var(v) for v in template.variables}
+    data["sections"] = [sec(s) for s in template.sections]
+    return data
+
+
 def dump_template_yaml(template: PromptTemplate) -> str:
     """YAML text of ``template``; multi-line text as literal blocks so it stays readable."""
     import yaml
@@ -89,7 +123,7 @@ def dump_template_yaml(template: PromptTemplate) -> str:
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
     Dumper.add_representer(str, text)
-    return yaml.dump(template.to_dict(), Dumper=Dumper, sort_keys=False, allow_unicode=True, width=120)
+    return yaml.dump(template_to_dict(template), Dumper=Dumper, sort_keys=False, allow_unicode=True, width=120)
 
 
 def write_compiled(compiled: CompiledTemplate, out_dir: Path) -> Path:
@@ -176,9 +210,3 @@ def load_compiled_templates(entries: Any, base_dir: Path, problems: list[str]) -
         problems.append(f"templates: duplicate template names {dupes}")
     return tuple(found)
 
-
-def describe(compiled: CompiledTemplate) -> dict[str, Any]:
-    """A JSON-ready summary (for reports and logs)."""
-    return {"name": compiled.name, "version": compiled.version, "model": compiled.model,
-            "static_prefix": {k: v for k, v in asdict(compiled.prefix).items() if k != "token_ids"}
-            | {"num_tokens": compiled.prefix.num_tokens, "sha256": compiled.prefix.sha256}}

@@ -103,39 +103,6 @@ class PromptTemplate:
     def variable(self, name: str) -> Variable | None:
         return next((v for v in self.variables if v.name == name), None)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The YAML-ready form (what :func:`parse_template` reads back to an equal template, lines aside)."""
-        def var(v: Variable) -> dict[str, Any]:
-            out: dict[str, Any] = {"type": v.type}
-            if not v.required and v.default is None:
-                out["required"] = False
-            for key in ("default", "description", "max_length", "minimum", "maximum"):
-                if getattr(v, key) not in (None, ""):
-                    out[key] = getattr(v, key)
-            for key in ("values", "examples"):
-                if getattr(v, key):
-                    out[key] = list(getattr(v, key))
-            return out
-
-        def sec(s: Section) -> dict[str, Any]:
-            out: dict[str, Any] = {"name": s.name, "kind": s.kind, "scope": s.scope, "role": s.role}
-            if s.pinned:
-                out["pinned"] = True
-            if s.lint_ignore:
-                out["lint_ignore"] = list(s.lint_ignore)
-            out["text"] = s.text
-            return out
-
-        data: dict[str, Any] = {"name": self.name, "version": self.version}
-        if self.description:
-            data["description"] = self.description
-        if self.constants:
-            data["constants"] = dict(self.constants)
-        if self.variables:
-            data["variables"] = {v.name: var(v) for v in self.variables}
-        data["sections"] = [sec(s) for s in self.sections]
-        return data
-
 
 # -- reading ------------------------------------------------------------------------------------------------
 def load_template(path: Path | str) -> PromptTemplate:
@@ -252,6 +219,10 @@ def _variables(raw: Any, lines: _Lines, problems: list[str]) -> list[Variable]:
             problems.append(f"line {line}: variable '{name}': type must be one of {VARIABLE_TYPES}, got {vtype!r}")
             continue
         values = tuple(spec.get("values") or ())
+        bad = _bad_limits(spec)
+        if bad:
+            problems.extend(f"line {line}: variable '{name}': {b}" for b in bad)
+            continue
         if vtype == "enum" and not values:
             problems.append(f"line {line}: variable '{name}': an enum needs a non-empty 'values' list")
             continue
@@ -266,6 +237,18 @@ def _variables(raw: Any, lines: _Lines, problems: list[str]) -> list[Variable]:
             continue
         out.append(var)
     return out
+
+
+def _bad_limits(spec: dict) -> list[str]:
+    bad = []
+    length = spec.get("max_length")
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+        bad.append("max_length must be a positive integer")
+    for key in ("minimum", "maximum"):
+        value = spec.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            bad.append(f"{key} must be a number")
+    return bad
 
 
 def _sections(raw: Any, lines: _Lines, problems: list[str]) -> list[Section]:

@@ -199,3 +199,11 @@ def test_gateway_template_list(shop, tmp_path: Path) -> None:
     assert any("support.yaml' is not a compiled template directory; compile it first" in p for p in problems)
     assert any("missing' is not a compiled template directory" in p for p in problems)
     assert any("duplicate template names ['one']" in p for p in problems)
+
+
+@pytest.mark.parametrize("spec, message", [("{type: string, max_length: 0}", "max_length must be a positive integer"),
+                                           ("{type: string, max_length: true}", "max_length must be a positive integer"),
+                                           ("{type: number, maximum: high}", "maximum must be a number")])
+def test_variable_limits_are_checked(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"line 3: variable 'q': {message}"):
+        parse_template(f"name: t\nvariables:\n  q: {spec}\nsections: [{{name: a, text: x}}]")
