@@ -31,7 +31,14 @@ class PromptSplit:
 
 def split_prompt(tokenizer: Any, template: PromptTemplate, values: Mapping[str, Any]) -> PromptSplit:
     """Render ``template`` for ``values`` through the model's chat template and find the static prefix."""
-    text = render_chat(tokenizer, to_messages(render_sections(template, values), mark_static_end=True))
+    from jinja2 import TemplateError
+
+    messages = to_messages(render_sections(template, values), mark_static_end=True)
+    try:
+        text = render_chat(tokenizer, messages)
+    except TemplateError as e:  # raise_exception() in the chat template, e.g. "roles must alternate"
+        raise ConfigError(f"template '{template.name}': the model's chat template refused the messages "
+                          f"(roles {[m['role'] for m in messages]}): {e}") from None
     at = text.find(SENTINEL)
     if at < 0:
         raise ConfigError(f"template '{template.name}': the chat template dropped part of the message content, "

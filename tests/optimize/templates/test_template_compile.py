@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lorafleet.chat import chat_token_ids
+from lorafleet.errors import ConfigError
 from lorafleet.templates import load_compiled, load_template, parse_template, render_messages
 from lorafleet.templates.prefix import encode, split_prompt
 from optimize.templates.compile import CompileOptions, check_prefix, compile_template
@@ -131,3 +132,11 @@ def test_cli_compile_writes_artifacts_for_the_gateway(tmp_path: Path) -> None:
     bad = subprocess.run([LORAFLEET, "optimize", "templates", "compile", str(EXAMPLES / "rag_qa.yaml"), "--block-size", "0"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "error: block_size must be positive, got 0" in bad.stderr
+
+
+def test_a_chat_template_that_refuses_the_messages_is_a_clear_error(tokenizer, swap_chat_template) -> None:
+    refusing = "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}" \
+               "{% endif %}{{ m.content }}{% endfor %}"
+    with swap_chat_template(refusing), pytest.raises(ConfigError, match=r"refused the messages \(roles \['system', "
+                                                                        r"'user'\]\): System role not supported"):
+        compile_template(load_template(EXAMPLES / "rag_qa.yaml"), tokenizer, "m", CompileOptions())
