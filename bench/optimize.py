@@ -16,6 +16,7 @@ so the bench imports no other stage and exercises exactly what a user runs. Resu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -62,11 +63,16 @@ TARGETS = {  # (path in the results or their details, comparison, bound)
 
 
 class Runner:
-    """Runs ``lorafleet`` subcommands, logging each to ``work/logs``, and reads their JSON."""
+    """Runs ``lorafleet`` subcommands, logging each to ``work/logs``, and reads their JSON.
 
-    def __init__(self, work: Path, console: Console) -> None:
-        self.work, self.console = work, console
+    With ``reuse``, a checkpoint whose ``report.json`` exists and an eval whose JSON exists (same arguments)
+    are taken from an earlier, interrupted run instead of being made again.
+    """
+
+    def __init__(self, work: Path, console: Console, reuse: bool) -> None:
+        self.work, self.console, self.reuse = work, console, reuse
         (work / "logs").mkdir(parents=True, exist_ok=True)
+        (work / "json").mkdir(exist_ok=True)
         self.step = 0
 
     def cli(self, what: str, *args: str) -> None:
@@ -77,18 +83,34 @@ class Runner:
             proc = subprocess.run([sys.executable, "-m", "lorafleet.cli", *args], stdout=f, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
             lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-            raise BackendError(f"bench optimize: `{what}` failed: {lines[-1] if lines else proc.returncode} (log: {log})")
+            raise BackendError(f"`{what}` failed: {lines[-1] if lines else proc.returncode} (log: {log})")
         self.console.print(f"[{self.step}] {what}: {time.perf_counter() - t0:.0f} s")
 
+    def make(self, what: str, dst: Path, *args: str) -> dict[str, Any]:
+        """Build checkpoint ``dst`` (unless reusable); its report."""
+        if not (self.reuse and (dst / "report.json").is_file()):
+            self.cli(what, *args, "--out", str(dst), "--force")
+        return json.loads((dst / "report.json").read_text())
+
     def json(self, what: str, *args: str) -> dict[str, Any]:
-        out = self.work / "json" / f"{self.step + 1:02d}.json"
-        out.parent.mkdir(exist_ok=True)
-        self.cli(what, *args, "--json", str(out))
+        key = hashlib.sha256("\0".join(args).encode()).hexdigest()[:16]
+        out = self.work / "json" / f"{key}.json"
+        if not (self.reuse and out.is_file()):
+            self.cli(what, *args, "--json", str(out))
         return json.loads(out.read_text())
 
     def ppl(self, model: Path | str, backend: str, dtype: str = "float32", kv: str = "auto") -> dict[str, Any]:
         return self.json(f"eval ppl {Path(str(model)).name} {backend} {dtype} kv={kv}", "eval", "ppl", str(model),
                          "--backend", backend, "--dtype", dtype, "--kv-cache-dtype", kv)
+
+
+def guarded(section: dict[str, Any], name: str, console: Console, fn, *args) -> None:
+    """``section[name] = fn(*args)``; a failure is recorded as ``{"error": ...}`` and the bench goes on."""
+    try:
+        section[name] = fn(*args)
+    except BackendError as e:
+        console.print(f"[red]{name}: {e}")
+        section[name] = {"error": str(e)}
 
 
 def delta_pct(ppl: float | None, base: float) -> float | None:
@@ -103,28 +125,31 @@ def _report(path: Path) -> dict[str, Any]:
     return json.loads((path / "report.json").read_text())
 
 
+def quantize_one(run: Runner, base: Path, base_ppl: float, cfg: OptimizeBenchConfig, scheme: str) -> dict[str, Any]:
+    backend, dst = SCHEMES[scheme], run.work / scheme
+    rep = run.make(f"quantize {scheme}", dst, "optimize", "quantize", str(base), "--scheme", scheme,
+                   "--llmc-python", cfg.llmc_python)
+    entry = {"ppl": None, "ppl_delta_pct": None, "bytes": rep["checkpoint_bytes"], "load_vllm": None,
+             "linear_bytes": rep["linear_bytes"], "linear_share_of_bf16": rep["linear_share_of_bf16"],
+             "backend": backend, "quantize_seconds": rep["seconds"]}
+    if backend != "vllm" or not cfg.skip_vllm:
+        r = run.ppl(dst, backend, VLLM_DTYPE if backend == "vllm" else "float32")
+        entry.update(ppl=r["ppl"], ppl_delta_pct=delta_pct(r["ppl"], base_ppl))
+        if backend == "vllm":
+            entry.update(load_vllm=answered_paris(r), vllm_answer=r["vllm_answer"])
+    return entry
+
+
 def quantize_all(run: Runner, base: Path, base_ppl: float, cfg: OptimizeBenchConfig) -> dict[str, Any]:
-    out = {}
-    for scheme, backend in SCHEMES.items():
-        dst = run.work / scheme
-        run.cli(f"quantize {scheme}", "optimize", "quantize", str(base), "--out", str(dst), "--scheme", scheme,
-                "--llmc-python", cfg.llmc_python, "--force")
-        rep = _report(dst)
-        entry = {"ppl": None, "ppl_delta_pct": None, "bytes": rep["checkpoint_bytes"], "load_vllm": None,
-                 "linear_bytes": rep["linear_bytes"], "linear_share_of_bf16": rep["linear_share_of_bf16"],
-                 "backend": backend, "quantize_seconds": rep["seconds"]}
-        if backend != "vllm" or not cfg.skip_vllm:
-            r = run.ppl(dst, backend, VLLM_DTYPE if backend == "vllm" else "float32")
-            entry.update(ppl=r["ppl"], ppl_delta_pct=delta_pct(r["ppl"], base_ppl))
-            if backend == "vllm":
-                entry.update(load_vllm=answered_paris(r), vllm_answer=r["vllm_answer"])
-        out[scheme] = entry
+    out: dict[str, Any] = {}
+    for scheme in SCHEMES:
+        guarded(out, scheme, run.console, quantize_one, run, base, base_ppl, cfg, scheme)
     return out
 
 
 def kv_all(run: Runner, base: Path, vllm_base: dict[str, Any] | None) -> dict[str, Any]:
     dst = run.work / "kv"
-    run.cli("kv scales", "optimize", "kv", str(base), "--out", str(dst), "--force")
+    run.make("kv scales", dst, "optimize", "kv", str(base))
     ref = run.ppl(dst, "engine", "bfloat16", "auto")
     out: dict[str, Any] = {"bfloat16": {"ppl": ref["ppl"], "kv_bytes_per_token": ref["kv_bytes_per_token"]}}
     fp32_bytes = ref["kv_bytes_per_token"] * 2
@@ -143,36 +168,41 @@ def kv_all(run: Runner, base: Path, vllm_base: dict[str, Any] | None) -> dict[st
     return out
 
 
+def prune_one(run: Runner, base: Path, base_ppl: float, cfg: OptimizeBenchConfig, kind: str) -> dict[str, Any]:
+    dst = run.work / f"prune-{kind}"
+    rep = run.make(f"prune {kind}", dst, "optimize", "prune", str(base), "--kind", kind, "--ratio", "0.2",
+                   "--heal-steps", str(cfg.heal_steps))
+    cmp = run.json(f"compare base vs {kind}", "eval", "compare", str(base), str(dst), "--backend", "hf", "--dtype",
+                   "bfloat16", "--decode-tokens", str(cfg.decode_tokens))
+    entry = {"ppl": cmp["b"]["ppl"], "ppl_delta_pct": delta_pct(cmp["b"]["ppl"], base_ppl),
+             "speedup": cmp["decode_speedup"], "params": rep["params"]["after"], "params_before": rep["params"]["before"],
+             "greedy_agreement": cmp["greedy_agreement"], "bytes": cmp["b"]["bytes"],
+             "decode_tpot_ms": {"base": cmp["a"]["decode_tpot_ms"], "pruned": cmp["b"]["decode_tpot_ms"]},
+             "load_vllm": None, "heal_steps": cfg.heal_steps}
+    if cfg.heal_steps:
+        before = run.ppl(dst / "pruned", "hf")
+        entry["ppl_before_healing"] = before["ppl"]
+        entry["ppl_delta_pct_before_healing"] = delta_pct(before["ppl"], base_ppl)
+        entry["healing"] = rep.get("healing")
+    entry.update({k: rep[k] for k in ("dropped_layers", "intermediate_size", "ffn_removed_share") if k in rep})
+    if not cfg.skip_vllm:
+        r = run.ppl(dst, "vllm", VLLM_DTYPE)
+        entry.update(load_vllm=answered_paris(r) or bool(r["vllm_answer"].strip()), vllm_answer=r["vllm_answer"],
+                     vllm_ppl_bf16=r["ppl"])
+    return entry
+
+
 def prune_all(run: Runner, base: Path, base_ppl: float, cfg: OptimizeBenchConfig) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for kind in ("depth", "width"):
-        dst = run.work / f"prune-{kind}"
-        run.cli(f"prune {kind}", "optimize", "prune", str(base), "--out", str(dst), "--kind", kind, "--ratio", "0.2",
-                "--heal-steps", str(cfg.heal_steps), "--force")
-        rep = _report(dst)
-        cmp = run.json(f"compare base vs {kind}", "eval", "compare", str(base), str(dst), "--backend", "hf", "--dtype",
-                       "bfloat16", "--decode-tokens", str(cfg.decode_tokens))
-        entry = {"ppl": cmp["b"]["ppl"], "ppl_delta_pct": delta_pct(cmp["b"]["ppl"], base_ppl),
-                 "speedup": cmp["decode_speedup"], "params": rep["params"]["after"], "params_before": rep["params"]["before"],
-                 "greedy_agreement": cmp["greedy_agreement"], "bytes": cmp["b"]["bytes"],
-                 "decode_tpot_ms": {"base": cmp["a"]["decode_tpot_ms"], "pruned": cmp["b"]["decode_tpot_ms"]},
-                 "load_vllm": None, "heal_steps": cfg.heal_steps}
-        if cfg.heal_steps:
-            before = run.ppl(dst / "pruned", "hf")
-            entry["ppl_before_healing"] = before["ppl"]
-            entry["ppl_delta_pct_before_healing"] = delta_pct(before["ppl"], base_ppl)
-        entry.update({k: rep[k] for k in ("dropped_layers", "intermediate_size", "ffn_removed_share") if k in rep})
-        if not cfg.skip_vllm:
-            r = run.ppl(dst, "vllm", VLLM_DTYPE)
-            entry.update(load_vllm=answered_paris(r), vllm_answer=r["vllm_answer"])
-        out[kind] = entry
+        guarded(out, kind, run.console, prune_one, run, base, base_ppl, cfg, kind)
     return out
 
 
 def split_keys(details: dict[str, Any]) -> dict[str, Any]:
     """The headline results: for each section and entry, exactly the keys of :data:`KEYS`."""
     return {section: {name: {k: entry.get(k) for k in KEYS[section]} for name, entry in details[section].items()
-                      if section != "kv" or name != "bfloat16"}
+                      if isinstance(entry, dict) and name not in ("bfloat16", "error")}
             for section in KEYS}
 
 
@@ -202,7 +232,7 @@ def run(cfg: OptimizeBenchConfig) -> dict[str, Any]:
     console = Console(stderr=True)
     base = resolve_model(cfg.model)
     work = cfg.work_dir or lorafleet_home() / "bench" / "optimize"
-    runner = Runner(Path(work), console)
+    runner = Runner(Path(work), console, cfg.reuse)
     t0 = time.perf_counter()
     base_r = runner.ppl(base, "hf")
     results: dict[str, Any] = {"base": {"ppl": base_r["ppl"], "bytes": sum(f.stat().st_size for f in base.glob("*.safetensors")),
@@ -211,8 +241,9 @@ def run(cfg: OptimizeBenchConfig) -> dict[str, Any]:
     if vllm_base is not None:
         results["base"].update(vllm_ppl_bf16=vllm_base["ppl"], vllm_answer=vllm_base["vllm_answer"],
                                vllm_kv_cache_tokens=vllm_base["vllm_kv_cache_tokens"])
-    details = {"quantize": quantize_all(runner, base, base_r["ppl"], cfg), "kv": kv_all(runner, base, vllm_base),
-               "prune": prune_all(runner, base, base_r["ppl"], cfg)}
+    details: dict[str, Any] = {"quantize": quantize_all(runner, base, base_r["ppl"], cfg)}
+    guarded(details, "kv", console, kv_all, runner, base, vllm_base)
+    details["prune"] = prune_all(runner, base, base_r["ppl"], cfg)
     results.update(split_keys(details))
     results["details"] = details
     results["targets"] = check_targets(results)

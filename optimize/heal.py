@@ -16,9 +16,10 @@ from lorafleet.config.optimize import PruneConfig
 from lorafleet.errors import BackendError
 from optimize.textdata import healing_texts
 
-#: LoRA settings of the healing run: rank 16 on every linear layer, a high LR for a short run, packed rows
+#: LoRA settings of the healing run: rank 16 on every linear layer, a high LR for a short run, packed rows,
+#: train's default compute dtype (bf16 where the CPU has it)
 HEAL_ARGS = ("--rank", "16", "--alpha", "32", "--lr", "5e-4", "--batch-size", "4", "--max-seq-len", "256",
-             "--packing", "--save-every", "0", "--val-fraction", "0.05", "--dtype", "float32", "--seed", "0")
+             "--packing", "--save-every", "0", "--val-fraction", "0.05", "--seed", "0")
 
 
 def _lorafleet() -> list[str]:

