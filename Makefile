@@ -84,3 +84,9 @@ llmcompressor-venv: $(LLMC_VENV)/.installed
 
 bench-optimize: setup vllm-venv llmcompressor-venv
 	$(VENV)/bin/lorafleet bench optimize --json bench/results/optimize.json
+
+# Naive vs compiled prompt templates on our engine and vLLM-CPU (docs/templates.md).
+.PHONY: bench-templates
+
+bench-templates: setup vllm-venv
+	$(VENV)/bin/lorafleet bench templates --json bench/results/templates.json
