@@ -86,7 +86,9 @@ def _score_hf(path: Path, windows: list[list[int]], cfg: EvalConfig):
     import torch
     from rich.progress import track
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own bar says what is scored
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     if auto_backend(path) != "hf":

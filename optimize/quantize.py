@@ -64,6 +64,9 @@ def _bitsandbytes(src: Path, dst: Path, scheme: str) -> None:
     import torch
     from rich.console import Console
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     if scheme == "int8":
         qc = BitsAndBytesConfig(load_in_8bit=True)

@@ -31,11 +31,17 @@ def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("vllm-ckpts")
 
 
-def serve_and_ask(model: Path, log: Path, kv_cache_dtype: str = "auto"):
+def serve_and_ask(model: Path, log: Path, kv_cache_dtype: str = "auto", score: list[int] | None = None):
+    """vLLM's answer and KV capacity (and, given token ids, their mean NLL through prompt_logprobs)."""
     from optimize.vllm_server import VllmServer
 
     with VllmServer(str(VLLM_PYTHON), model, log, dtype="bfloat16", kv_cache_dtype=kv_cache_dtype) as server:
-        return server.facts()
+        facts = server.facts()
+        if score is None:
+            return facts
+        nll, n, argmax = server.score(score)
+        assert n == len(score) - 1 == len(argmax)
+        return facts, nll / n
 
 
 @pytest.mark.parametrize("scheme", ["w4a16", "w8a8"])
@@ -52,12 +58,20 @@ def test_llm_compressor_checkpoint_is_served_by_vllm(scheme, base_model_path, wo
     assert "paris" in facts.answer.lower(), facts.answer
 
 
-def test_kv_scales_load_with_fp8_and_double_the_tokens(base_model_path, work) -> None:
+def test_kv_scales_load_with_fp8_and_double_the_tokens(base_model_path, hf_model, tokenizer, work) -> None:
+    import torch
+
     from optimize.kv import run
+    from optimize.textdata import eval_windows
 
     run(KVQuantConfig(model=str(base_model_path), out=work / "kv", calib=CALIB))
-    auto = serve_and_ask(base_model_path, work / "base-auto.log")  # bf16 cache
-    fp8 = serve_and_ask(work / "kv", work / "kv-fp8.log", "fp8")
+    window = eval_windows(tokenizer, None, 256)[0]
+    auto, auto_nll = serve_and_ask(base_model_path, work / "base-auto.log", score=window)  # bf16 cache
+    fp8, fp8_nll = serve_and_ask(work / "kv", work / "kv-fp8.log", "fp8", score=window)
+    with torch.inference_mode():
+        hf_nll = float(hf_model(torch.tensor([window]), labels=torch.tensor([window])).loss)
+    assert auto_nll == pytest.approx(hf_nll, rel=0.02)  # prompt_logprobs read right (bf16 vs fp32)
+    assert fp8_nll == pytest.approx(auto_nll, rel=0.03)
     assert "paris" in fp8.answer.lower(), fp8.answer
     assert auto.kv_cache_tokens and fp8.kv_cache_tokens
     assert fp8.kv_cache_tokens / auto.kv_cache_tokens == pytest.approx(2.0, rel=0.05)
