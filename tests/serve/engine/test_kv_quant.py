@@ -165,7 +165,7 @@ def test_capacity_is_two_and_four_times(base_model_path, calibrated) -> None:
                                                "fp8": torch.float8_e4m3fn}[kv]
     assert blocks[("bfloat16", "int8")] >= 2 * blocks[("bfloat16", "auto")]
     assert blocks[("float32", "fp8")] >= 4 * blocks[("float32", "auto")]
-    assert blocks[("bfloat16", "int8")] == 910  # 0.01 GiB / (30 layers × 3 heads × 64 × 2 × 1 byte × 16)
+    assert blocks[("bfloat16", "int8")] == 58  # 0.01 GiB / (2 × 30 layers × 3 heads × 64 × 1 byte × 16 tokens)
 
 
 def test_int8_without_scales_is_refused_and_fp8_defaults_to_one(base_model_path) -> None:
