@@ -4,6 +4,7 @@ health and Prometheus metrics. Built by :func:`build_app` around an already-load
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -282,6 +283,41 @@ def _sse(gen: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(gen, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+async def _merged(engine, metrics, rid, prompts, params, adapter, states: list[_Choice]):
+    """``(choice index, output or exception)`` from every prompt as they come. One prompt (the usual case) is
+    iterated directly; several run as tasks feeding one queue, cancelled (so aborted) when the caller stops."""
+    if len(prompts) == 1:
+        try:
+            async for out, states[0] in _one(engine, metrics, f"{rid}-0", prompts[0], params, adapter):
+                yield 0, out
+        except Exception as e:  # surfaced as an SSE error event
+            yield 0, e
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, prompt: list[int]) -> None:
+        try:
+            async for out, states[i] in _one(engine, metrics, f"{rid}-{i}", prompt, params, adapter):
+                await queue.put((i, out))
+        except Exception as e:
+            await queue.put((i, e))
+        finally:
+            await queue.put((i, None))
+
+    tasks = [asyncio.create_task(pump(i, p)) for i, p in enumerate(prompts)]
+    try:
+        remaining = len(prompts)
+        while remaining:
+            i, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
 def _event(obj: dict) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
 
@@ -296,29 +332,11 @@ async def _stream(engine, metrics, rid, prompts, params, adapter, model, is_chat
             body["usage"] = usage
         return _event(body)
 
-    queue: asyncio.Queue = asyncio.Queue()
     states: list[_Choice] = [_Choice() for _ in prompts]
-
-    async def pump(i: int, prompt: list[int]) -> None:
-        try:
-            async for out, state in _one(engine, metrics, f"{rid}-{i}", prompt, params, adapter):
-                states[i] = state
-                await queue.put((i, out))
-        except Exception as e:  # surfaced as an SSE error event
-            await queue.put((i, e))
-        finally:
-            await queue.put((i, None))
-
-    tasks = [asyncio.create_task(pump(i, p)) for i, p in enumerate(prompts)]
-    try:
-        if is_chat:
-            yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
-        remaining = len(prompts)
-        while remaining:
-            i, item = await queue.get()
-            if item is None:
-                remaining -= 1
-                continue
+    if is_chat:
+        yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
+    async with contextlib.aclosing(_merged(engine, metrics, rid, prompts, params, adapter, states)) as items:
+        async for i, item in items:
             if isinstance(item, Exception):
                 status = status_of(item) if isinstance(item, LorafleetError) else 500
                 yield _event(error_body(status, str(item) or type(item).__name__))
@@ -327,9 +345,7 @@ async def _stream(engine, metrics, rid, prompts, params, adapter, model, is_chat
                 continue
             delta = {"delta": {"content": item.text}} if is_chat else {"text": item.text}
             yield chunk([{"index": i, **delta, "logprobs": None, "finish_reason": item.finish_reason}])
-        if include_usage:
-            yield chunk([], _usage(states))
-        yield "data: [DONE]\n\n"
-    finally:
-        for t in tasks:
-            t.cancel()
+    if include_usage:
+        yield chunk([], _usage(states))
+    yield "data: [DONE]\n\n"
+

@@ -37,9 +37,14 @@ class ServerMetrics:
         self.success = Counter("vllm:request_success", "Finished requests by finish reason.", labels + ["finished_reason"], registry=r)
         self.errors = Counter("lorafleet:request_errors", "Requests answered with an error, by HTTP status.", labels + ["status"], registry=r)
         r.register(_EngineCollector(model_name, stats, block_size, num_kv_blocks, enable_prefix_caching))
+        self._children: dict[int, object] = {}
 
     def labels(self, metric):
-        return metric.labels(model_name=self.model_name)
+        """``metric``'s child for this model; cached, as ``labels()`` takes a lock and builds a key per call."""
+        child = self._children.get(id(metric))
+        if child is None:
+            child = self._children[id(metric)] = metric.labels(model_name=self.model_name)
+        return child
 
 
 class _EngineCollector:
