@@ -29,6 +29,7 @@ from typing import Any
 import gevent
 import requests
 from locust import User, events, task
+from locust import stats as locust_stats
 
 from bench.openai_client import StreamError, StreamTimer
 from bench.workloads import load_workload
@@ -92,6 +93,16 @@ def _on_test_start(environment: Any, **_: Any) -> None:
 def _on_test_stop(environment: Any, **_: Any) -> None:
     if RUN is not None and RUN.records is not None:
         RUN.records.flush()
+
+
+@events.init.add_listener
+def _on_init(environment: Any, **_: Any) -> None:
+    @events.quit.add_listener
+    def _on_quit(**_: Any) -> None:
+        # Locust's CSV writer refreshes its files once a second and is closed right after this event, so
+        # requests that finished during --stop-timeout could miss the CSVs; one more pass completes them.
+        if getattr(environment.parsed_options, "csv_prefix", None):
+            gevent.sleep(locust_stats.CSV_STATS_INTERVAL_SEC + 0.25)
 
 
 def _http_error(resp: requests.Response) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -17,22 +18,30 @@ def shipped_profile_names() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
 
 
-def load_profile(ref: str | Path) -> Profile:
-    """A shipped profile by name, or a profile YAML file by path."""
+def named_yaml_path(ref: str | Path, directory: Path, kind: str) -> Path:
+    """``ref`` itself when it is a file, else ``directory/<ref>.yaml`` (a shipped ``kind``)."""
     path = Path(ref).expanduser()
-    if not path.is_file():
-        if (PROFILES_DIR / f"{ref}.yaml").is_file():
-            path = PROFILES_DIR / f"{ref}.yaml"
-        else:
-            raise NotFoundError(f"profile '{ref}': no such file and not a shipped profile "
-                                f"({', '.join(shipped_profile_names())})")
+    if path.is_file():
+        return path.resolve()
+    if (directory / f"{ref}.yaml").is_file():
+        return directory / f"{ref}.yaml"
+    shipped = ", ".join(sorted(p.stem for p in directory.glob("*.yaml")))
+    raise NotFoundError(f"{kind} '{ref}': no such file and not a shipped {kind} ({shipped})")
+
+
+def read_named_yaml(path: Path) -> Any:
+    """The parsed YAML file; a mapping without ``name`` gets the file's stem as its name."""
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if isinstance(raw, dict) and "name" not in raw:
-        raw = {**raw, "name": path.stem}
-    return profile_from_mapping(raw, str(path))
+    return {**raw, "name": path.stem} if isinstance(raw, dict) and "name" not in raw else raw
+
+
+def load_profile(ref: str | Path) -> Profile:
+    """A shipped profile by name, or a profile YAML file by path."""
+    path = named_yaml_path(ref, PROFILES_DIR, "profile")
+    return profile_from_mapping(read_named_yaml(path), str(path))
 
 
 def save_profile(profile: Profile, path: Path) -> Path:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
+from bench.profiles.store import named_yaml_path, read_named_yaml
 from lorafleet.config.load import WorkloadConfig, workload_from_mapping
-from lorafleet.errors import ConfigError, NotFoundError
 
 WORKLOADS_DIR = Path(__file__).resolve().parent
 
@@ -19,21 +17,10 @@ def shipped_workload_names() -> list[str]:
 
 def workload_path(ref: str | Path) -> Path:
     """The YAML file of a shipped workload name, or ``ref`` itself when it is a file."""
-    path = Path(ref).expanduser()
-    if path.is_file():
-        return path.resolve()
-    if (WORKLOADS_DIR / f"{ref}.yaml").is_file():
-        return WORKLOADS_DIR / f"{ref}.yaml"
-    raise NotFoundError(f"workload '{ref}': no such file and not a shipped workload ({', '.join(shipped_workload_names())})")
+    return named_yaml_path(ref, WORKLOADS_DIR, "workload")
 
 
 def load_workload(ref: str | Path) -> WorkloadConfig:
     """A shipped workload by name, or a workload YAML file by path; every problem reported at once."""
     path = workload_path(ref)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if isinstance(raw, dict) and "name" not in raw:
-        raw = {**raw, "name": path.stem}
-    return workload_from_mapping(raw, str(path))
+    return workload_from_mapping(read_named_yaml(path), str(path))

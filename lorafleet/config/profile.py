@@ -51,6 +51,13 @@ def _check_positive(obj: Any, names: tuple[str, ...], problems: list[str]) -> No
             problems.append(f"{n} must be positive, got {v}")
 
 
+def _check_fields(obj: Any, problems: list[str], choices: dict[str, tuple[str, ...]], non_negative: tuple[str, ...]) -> None:
+    problems += [f"{n} must be one of {c}, got '{getattr(obj, n)}'" for n, c in choices.items() if getattr(obj, n) not in c]
+    problems += [f"{n} must be >= 0, got {getattr(obj, n)}" for n in non_negative if getattr(obj, n) < 0]
+    if not 0 < obj.gpu_memory_utilization <= 1:
+        problems.append(f"gpu_memory_utilization must be in (0, 1], got {obj.gpu_memory_utilization}")
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     """Engine-neutral serving settings; every field is a key of a profile YAML file."""
@@ -79,14 +86,7 @@ class Profile:
             problems.append(f"name must be non-empty letters, digits, '.', '_' or '-', got '{self.name}'")
         _check_positive(self, ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "max_lora_rank",
                                "tensor_parallel_size"), problems)
-        if self.kv_cache_dtype not in KV_DTYPES:
-            problems.append(f"kv_cache_dtype must be one of {KV_DTYPES}, got '{self.kv_cache_dtype}'")
-        if self.dtype not in MODEL_DTYPES:
-            problems.append(f"dtype must be one of {MODEL_DTYPES}, got '{self.dtype}'")
-        if self.max_loras < 0:
-            problems.append(f"max_loras must be >= 0, got {self.max_loras}")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            problems.append(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        _check_fields(self, problems, {"kv_cache_dtype": KV_DTYPES, "dtype": MODEL_DTYPES}, ("max_loras",))
         if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
             problems.append(f"kv_cache_gib must be positive, got {self.kv_cache_gib}")
         if self.max_num_batched_tokens < self.max_num_seqs:
@@ -161,16 +161,8 @@ class PlanConfig:
         problems: list[str] = []
         if self.gpu_mem_bytes < 1:
             problems.append(f"gpu_mem must be positive, got {self.gpu_mem_bytes}")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            problems.append(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.weight_dtype not in WEIGHT_DTYPES:
-            problems.append(f"weight_dtype must be one of {WEIGHT_DTYPES}, got '{self.weight_dtype}'")
-        if self.kv_dtype not in KV_DTYPES:
-            problems.append(f"kv_dtype must be one of {KV_DTYPES}, got '{self.kv_dtype}'")
-        if self.lora_slots < 0:
-            problems.append(f"lora_slots must be >= 0, got {self.lora_slots}")
-        if self.runtime_reserve_bytes < 0:
-            problems.append(f"runtime_reserve must be >= 0, got {self.runtime_reserve_bytes}")
+        _check_fields(self, problems, {"weight_dtype": WEIGHT_DTYPES, "kv_dtype": KV_DTYPES},
+                      ("lora_slots", "runtime_reserve_bytes"))
         _check_positive(self, ("max_model_len", "lora_rank", "max_num_seqs", "max_num_batched_tokens", "avg_seq_len",
                                "tensor_parallel_size", "block_size"), problems)
         if problems:
