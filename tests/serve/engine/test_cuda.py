@@ -113,9 +113,23 @@ def test_multi_lora_batch_on_cuda_matches_each_request_alone(cuda_model_dir: Pat
     assert len({tuple(o) for o in mixed}) == 4 or mixed[0] != mixed[1], "adapters had no effect"
 
 
-def test_bf16_on_cuda_serves_the_same_first_tokens_as_fp32(cuda_model_dir: Path, tok) -> None:
+def test_bf16_on_cuda_is_as_close_to_fp32_as_hf_bf16(cuda_model_dir: Path, tok, hf_cuda) -> None:
+    """bf16 breaks near-ties differently from fp32, so tokens are not compared one for one. Instead, on each
+    generated sequence, the fp32 logit lost by each bf16 choice (in units of the row's std) is measured for
+    our engine and for HF's own bf16 model: ours must not be meaningfully worse."""
+    from transformers import AutoModelForCausalLM
+
+    hf_bf16 = AutoModelForCausalLM.from_pretrained(cuda_model_dir, dtype=torch.bfloat16).to("cuda").eval()
+    engine = make_engine(cuda_model_dir, dtype="bfloat16")
     prompts = [tok(p).input_ids for p in PROMPTS]
-    fp32 = greedy(make_engine(cuda_model_dir), prompts)
-    bf16 = greedy(make_engine(cuda_model_dir, dtype="bfloat16"), prompts)
-    agree = sum(a[0] == b[0] for a, b in zip(fp32, bf16))
-    assert agree >= len(prompts) - 1, f"bf16 first tokens agree with fp32 on only {agree}/{len(prompts)} prompts"
+    ours, theirs = [], []
+    for prompt, out in zip(prompts, greedy(engine, prompts)):
+        ids = torch.tensor([prompt + out], device="cuda")
+        with torch.inference_mode():
+            ref = hf_cuda(ids).logits[0, len(prompt) - 1:-1].float()
+            hf_choice = hf_bf16(ids).logits[0, len(prompt) - 1:-1].argmax(dim=1)
+        best, std = ref.max(dim=1).values, ref.std(dim=1)
+        ours.append((best - ref.gather(1, torch.tensor(out, device="cuda")[:, None])[:, 0]) / std)
+        theirs.append((best - ref.gather(1, hf_choice[:, None])[:, 0]) / std)
+    ours_mean, theirs_mean = torch.cat(ours).mean().item(), torch.cat(theirs).mean().item()
+    assert ours_mean <= 2 * theirs_mean + 0.01, f"engine bf16 loses {ours_mean:.4f} std per token, HF bf16 {theirs_mean:.4f}"
