@@ -10,7 +10,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from lorafleet.errors import BackendError
+from lorafleet.config import EngineConfig
+from lorafleet.errors import BackendError, ConfigError
 
 BACKEND_KINDS = ("vllm", "sglang", "trtllm", "embedded")
 
@@ -28,8 +29,8 @@ class BackendSpec:
 
     name: str  #: unique id of the replica in the gateway (metric label, admin API key)
     kind: str  #: one of BACKEND_KINDS
-    url: str  #: base URL, e.g. http://10.0.0.5:8000 (no /v1)
-    base_model: str  #: model name clients use for this replica's base model
+    url: str = ""  #: base URL, e.g. http://10.0.0.5:8000 (no /v1); none for an in-process engine
+    base_model: str = ""  #: model name clients use for this replica's base model
     served_model: str | None = None  #: the engine's own name for it, if different (vLLM started with a path)
     weight: float = 1.0  #: relative capacity for routing
     max_adapters: int = 4  #: adapters the gateway keeps loaded there at once (LRU-unloaded beyond)
@@ -39,6 +40,9 @@ class BackendSpec:
     admin_timeout_s: float = 120.0  #: timeout of adapter load/unload calls (loading reads weights from disk)
     #: embedded only: arguments of ``lorafleet serve`` after --host/--port; if set, the gateway launches it
     launch_args: tuple[str, ...] = ()
+    #: embedded only: run this engine inside the gateway process (no ``url``; see serve/backends/inprocess.py)
+    engine: EngineConfig | None = None
+    engine_loop: str = "thread"  #: in-process engine: its step loop on a "thread" of the gateway, or a worker "process"
 
     def __post_init__(self) -> None:
         problems = []
@@ -46,8 +50,14 @@ class BackendSpec:
             problems.append(f"backend name must be non-empty without '/', got '{self.name}'")
         if self.kind not in BACKEND_KINDS:
             problems.append(f"backend '{self.name}': kind must be one of {BACKEND_KINDS}, got '{self.kind}'")
-        if not self.url.startswith(("http://", "https://")):
+        if self.engine is not None:
+            if self.url or self.launch_args or self.kind != "embedded":
+                problems.append(f"backend '{self.name}': an in-process engine is only for kind 'embedded', without url "
+                                "or launch_args")
+        elif not self.url.startswith(("http://", "https://")):
             problems.append(f"backend '{self.name}': url must start with http:// or https://, got '{self.url}'")
+        if self.engine_loop not in ("thread", "process"):
+            problems.append(f"backend '{self.name}': engine_loop must be 'thread' or 'process', got '{self.engine_loop}'")
         if not self.base_model:
             problems.append(f"backend '{self.name}': base_model must be set")
         if self.weight <= 0:
@@ -59,9 +69,26 @@ class BackendSpec:
         if self.launch_args and self.kind != "embedded":
             problems.append(f"backend '{self.name}': launch_args are only for kind 'embedded'")
         if problems:
-            from lorafleet.errors import ConfigError
-
             raise ConfigError("; ".join(problems))
+
+    @staticmethod
+    def converted(data: Mapping[str, Any]) -> dict[str, Any]:
+        """The values of a YAML/JSON entry that need converting: ``launch_args`` to a tuple, an ``engine``
+        mapping to an :class:`EngineConfig`. Raises ConfigError naming the backend."""
+        out: dict[str, Any] = {}
+        if "launch_args" in data:
+            out["launch_args"] = tuple(data["launch_args"] or ())
+        if isinstance(data.get("engine"), Mapping):
+            try:
+                out["engine"] = EngineConfig(**data["engine"])
+            except (ConfigError, TypeError) as e:
+                raise ConfigError(f"backend '{data.get('name')}': engine: {e}") from None
+        return out
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> BackendSpec:
+        """A spec from a YAML/JSON entry (see :meth:`converted`); TypeError for unknown keys."""
+        return cls(**{**data, **cls.converted(data)})
 
     @property
     def upstream_model(self) -> str:

@@ -1,9 +1,13 @@
 """Our own engine behind ``lorafleet serve``: the same HTTP API as vLLM (adapter endpoints, /v1/models with
-``parent``, vLLM metric names), reached at a URL or launched by the gateway as a child process.
+``parent``, vLLM metric names), reached at a URL, launched by the gateway as a child process, or run inside
+the gateway process.
 
-When the spec has ``launch_args``, :meth:`start` runs ``lorafleet serve --host H --port P <launch_args>`` with
-the host and port of ``url`` and waits for ``/health``; :meth:`aclose` stops it. The engine is never
-imported into the gateway process: the gateway reaches every engine over HTTP.
+* ``url`` only: a replica running somewhere.
+* ``url`` + ``launch_args``: :meth:`start` runs ``lorafleet serve --host H --port P <launch_args>`` with the host
+  and port of ``url`` and waits for ``/health``; :meth:`aclose` stops it.
+* ``engine`` (an :class:`EngineConfig`, no url): in-process (serve/backends/inprocess.py): the engine and
+  ``lorafleet serve``'s app live in the gateway process and are called without sockets. torch is imported
+  only then.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import httpx
 
 from lorafleet.errors import BackendError
 from serve.backends.base import BackendSpec
+from serve.backends.inprocess import InProcessServer
 from serve.backends.vllm import VLLMBackend
 
 
@@ -28,7 +33,11 @@ class EmbeddedBackend(VLLMBackend):
     """``lorafleet serve``; optionally a child process of the gateway."""
 
     def __init__(self, spec: BackendSpec, client: httpx.AsyncClient | None = None, start_timeout_s: float = 300.0) -> None:
-        super().__init__(spec, client)
+        self.server = InProcessServer(spec) if spec.engine is not None else None
+        if self.server is not None:
+            client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.server), base_url="http://in-process",
+                                       timeout=httpx.Timeout(spec.admin_timeout_s))
+        super().__init__(spec, client, http=self.server)
         self.start_timeout_s = start_timeout_s
         self.process: subprocess.Popen | None = None
 
@@ -40,6 +49,10 @@ class EmbeddedBackend(VLLMBackend):
                 "--served-model-name", self.spec.upstream_model, *self.spec.launch_args]
 
     async def start(self) -> None:
+        if self.server is not None:
+            if self.server.app is None:
+                await self.server.start()
+            return
         if not self.spec.launch_args or self.process is not None:
             return
         # Its own session, so stopping it also stops its engine worker process.
@@ -56,6 +69,8 @@ class EmbeddedBackend(VLLMBackend):
 
     async def aclose(self) -> None:
         await super().aclose()
+        if self.server is not None:
+            await self.server.aclose()
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
             return

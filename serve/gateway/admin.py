@@ -22,7 +22,7 @@ from serve.gateway.state import GatewayState
 
 def _describe(r) -> dict:
     m = r.metrics
-    return {"name": r.name, "kind": r.spec.kind, "url": r.spec.url, "base_model": r.spec.base_model,
+    return {"name": r.name, "kind": r.spec.kind, "url": r.spec.url or "in-process", "base_model": r.spec.base_model,
             "weight": r.spec.weight, "max_adapters": r.spec.max_adapters, "healthy": r.is_healthy,
             "in_flight": r.num_in_flight, "waiting": m.num_waiting if m else None,
             "kv_cache_usage": m.kv_cache_usage if m else None}
@@ -48,8 +48,7 @@ def router(state: GatewayState) -> APIRouter:
             data = json.loads(await raw.body())
             if not isinstance(data, dict):
                 raise ValueError("expected a JSON object")
-            data["launch_args"] = tuple(data.get("launch_args", ()))
-            spec = BackendSpec(**data)
+            spec = BackendSpec.from_mapping(data)
         except (ValueError, TypeError) as e:
             raise GatewayError(400, f"invalid backend: {e}") from None
         if state.fleet.get(spec.name) is not None:

@@ -139,6 +139,15 @@ def _build(cls: type, data: Any, where: str, problems: list[str], **override: An
         return None
 
 
+def _backend(data: Any, where: str, problems: list[str]) -> BackendSpec | None:
+    try:
+        converted = BackendSpec.converted(data) if isinstance(data, Mapping) else {}
+    except ConfigError as e:
+        problems.append(f"{where}: {e}")
+        return None
+    return _build(BackendSpec, data, where, problems, **converted)
+
+
 def _key(data: Any, where: str, problems: list[str], env: Mapping[str, str]) -> KeySpec | None:
     if not isinstance(data, Mapping):
         problems.append(f"{where}: expected a mapping")
@@ -180,8 +189,7 @@ def parse_config(raw: Any, base_dir: Path = Path("."), env: Mapping[str, str] | 
             problems.append(str(e))
     backends = []
     for i, b in enumerate(raw.get("backends") or []):
-        extra = {"launch_args": tuple(b.get("launch_args", ()))} if isinstance(b, Mapping) and "launch_args" in b else {}
-        backends.append(_build(BackendSpec, b, f"backends[{i}]", problems, **extra))
+        backends.append(_backend(b, f"backends[{i}]", problems))
     roots = tuple((base_dir / str(r)).resolve() for r in raw.get("adapter_roots") or [])
     for r in roots:
         if not r.is_dir():

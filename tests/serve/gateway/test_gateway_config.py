@@ -103,3 +103,26 @@ def test_no_backends_and_bad_yaml(tmp_path) -> None:
         load_config(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_in_process_engine_entries() -> None:
+    engine = {"model": "smollm2-135m-instruct", "dtype": "float32", "num_kv_blocks": 64, "max_loras": 2}
+    cfg = parse_config({"backends": [{"name": "own", "kind": "embedded", "base_model": "smol", "engine": engine,
+                                      "engine_loop": "process"}]})
+    spec = cfg.backends[0]
+    assert spec.engine.dtype == "float32" and spec.engine.num_kv_blocks == 64 and spec.engine_loop == "process"
+    assert spec.url == "" and spec.upstream_model == "smol"
+    with pytest.raises(ConfigError) as e:
+        parse_config({"backends": [
+            {"name": "a", "kind": "embedded", "base_model": "smol", "engine": {**engine, "dtype": "int3"}},
+            {"name": "b", "kind": "embedded", "base_model": "smol", "engine": {**engine, "colour": "red"}},
+            {"name": "c", "kind": "vllm", "base_model": "smol", "engine": engine},
+            {"name": "d", "kind": "embedded", "base_model": "smol", "url": "http://x:1", "engine": engine},
+            {"name": "e", "kind": "embedded", "base_model": "smol", "engine": engine, "engine_loop": "fiber"},
+            {"name": "f", "kind": "embedded", "base_model": "smol"}]})
+    text = str(e.value)
+    assert "6 problem(s)" in text
+    for needle in ("backend 'a': engine: dtype must be one of", "backend 'b': engine:", "colour",
+                   "backend 'c': an in-process engine is only for kind 'embedded'", "backend 'd': an in-process engine",
+                   "engine_loop must be 'thread' or 'process'", "backend 'f': url must start with http://"):
+        assert needle in text, needle

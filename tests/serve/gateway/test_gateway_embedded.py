@@ -151,3 +151,36 @@ def test_gateway_launches_an_embedded_replica_itself(base_model_path, gateway_st
     finally:
         gw.stop()
     assert proc.poll() is not None  # stopped with the gateway
+
+
+def test_in_process_engine_answers_like_a_replica(gateway, base_model_path, gateway_starter) -> None:
+    """An embedded backend with ``engine:`` runs the engine inside the gateway process (its step loop on a
+    thread), behind ``lorafleet serve``'s own app: the same greedy outputs as the replicas (same settings),
+    adapters loaded on demand, and the engine stopped with the gateway."""
+    threads = int(os.environ.get("LORAFLEET_TEST_THREADS", "1"))
+    engine = {"model": str(base_model_path), "dtype": "float32", "device": "cpu", "num_kv_blocks": 128,
+              "max_model_len": 512, "max_loras": 2, "num_threads": threads}
+    root = gateway.state.cfg.adapter_roots[0]
+    cfg = parse_config({"backends": [{"name": "inproc", "kind": "embedded", "base_model": MODEL, "engine": engine}],
+                        "adapter_roots": [str(root)],
+                        "adapters": [{"name": "a1", "path": "a1", "base_model": MODEL}],
+                        "limits": {"health_interval_s": 0.5, "drain_timeout_s": 5}})
+    gw = gateway_starter(cfg)
+    try:
+        gw.wait_healthy("inproc", timeout_s=60)
+        via, ref = gw.openai(), gateway.openai()  # ref: the two lorafleet serve replicas
+        for model in (MODEL, "a1"):
+            text = via.completions.create(model=model, prompt=PROMPT, max_tokens=12, temperature=0).choices[0].text
+            streamed = "".join(c.choices[0].text for c in via.completions.create(
+                model=model, prompt=PROMPT, max_tokens=12, temperature=0, stream=True) if c.choices)
+            chat = via.chat.completions.create(model=model, messages=CHAT, max_tokens=12, temperature=0).choices[0].message.content
+            assert text == streamed == ref.completions.create(model=model, prompt=PROMPT, max_tokens=12, temperature=0).choices[0].text
+            assert chat == ref.chat.completions.create(model=model, messages=CHAT, max_tokens=12, temperature=0).choices[0].message.content
+        view = gw.client().get("/admin/backends").json()["backends"][0]
+        assert view["url"] == "in-process" and view["adapters"] == ["a1"]
+        backend = gw.state.fleet.get("inproc").backend
+        engine_frontend = backend.server.app.state.engine
+        assert engine_frontend.is_alive and set(engine_frontend.adapter_paths) == {"a1"}
+    finally:
+        gw.stop()
+    assert not engine_frontend.is_alive  # the engine loop stopped with the gateway
