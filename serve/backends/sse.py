@@ -20,6 +20,12 @@ class SSEDecoder:
         self._buf += chunk
         if b"\n" not in chunk:
             return []
+        if not self._data and b"\r" not in self._buf:
+            # What OpenAI-compatible engines send: events of one "data: " line each. Split on the blank lines.
+            *events, rest = self._buf.split(b"\n\n")
+            if all(e.startswith(b"data: ") and b"\n" not in e for e in events):
+                self._buf = rest
+                return [e[6:] for e in events]
         *lines, self._buf = self._buf.split(b"\n")
         events: list[bytes] = []
         for line in lines:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from serve.gateway.metric_families import FastCounter, FastHistogram
 
 LABELS = ("base_model", "adapter", "backend", "status")
 # Buckets from 1 ms: the gateway adds well under a millisecond and fast replicas answer in a few.
@@ -39,26 +41,27 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.ttft = Histogram("gateway:time_to_first_token_seconds", "Arrival at the gateway to the first token sent.",
-                              LABELS, buckets=TTFT_BUCKETS, registry=r)
-        self.tpot = Histogram("gateway:time_per_output_token_seconds",
-                              "Mean time between output tokens of one request (TPOT), measured at the gateway.",
-                              LABELS, buckets=TPOT_BUCKETS, registry=r)
-        self.itl = Histogram("gateway:inter_token_latency_seconds", "Time between consecutive streamed token events.",
-                             LABELS, buckets=TPOT_BUCKETS, registry=r)
-        self.e2e = Histogram("gateway:e2e_request_latency_seconds", "Arrival to the last byte sent.", LABELS,
-                             buckets=E2E_BUCKETS, registry=r)
-        self.queue = Histogram("gateway:request_queue_time_seconds",
-                               "Arrival until the request is sent to a replica (admission queue, adapter loading).",
-                               LABELS, buckets=QUEUE_BUCKETS, registry=r)
-        self.requests = Counter("gateway:requests", "Requests answered, by final status.", LABELS, registry=r)
-        self.prompt_tokens = Counter("gateway:prompt_tokens", "Prompt tokens of answered requests.", LABELS, registry=r)
-        self.completion_tokens = Counter("gateway:completion_tokens", "Completion tokens of answered requests.", LABELS,
-                                         registry=r)
+        self.ttft = FastHistogram("gateway:time_to_first_token_seconds", "Arrival at the gateway to the first token sent.",
+                                  LABELS, buckets=TTFT_BUCKETS, registry=r)
+        self.tpot = FastHistogram("gateway:time_per_output_token_seconds",
+                                  "Mean time between output tokens of one request (TPOT), measured at the gateway.",
+                                  LABELS, buckets=TPOT_BUCKETS, registry=r)
+        self.itl = FastHistogram("gateway:inter_token_latency_seconds", "Time between consecutive streamed token events.",
+                                 LABELS, buckets=TPOT_BUCKETS, registry=r)
+        self.e2e = FastHistogram("gateway:e2e_request_latency_seconds", "Arrival to the last byte sent.", LABELS,
+                                 buckets=E2E_BUCKETS, registry=r)
+        self.queue = FastHistogram("gateway:request_queue_time_seconds",
+                                   "Arrival until the request is sent to a replica (admission queue, adapter loading).",
+                                   LABELS, buckets=QUEUE_BUCKETS, registry=r)
+        self.requests = FastCounter("gateway:requests", "Requests answered, by final status.", LABELS, registry=r)
+        self.prompt_tokens = FastCounter("gateway:prompt_tokens", "Prompt tokens of answered requests.", LABELS, registry=r)
+        self.completion_tokens = FastCounter("gateway:completion_tokens", "Completion tokens of answered requests.", LABELS,
+                                             registry=r)
+        self.route_decisions = FastCounter("gateway:route_decisions", "Routing decisions by replica and reason.",
+                                           ("backend", "reason"), registry=r)
+        # Rare events: prometheus_client's own metrics.
         self.retries = Counter("gateway:retries", "Attempts that failed before their first byte and were retried.",
                                ("backend",), registry=r)
-        self.route_decisions = Counter("gateway:route_decisions", "Routing decisions by replica and reason.",
-                                       ("backend", "reason"), registry=r)
         self.adapter_loads = Counter("gateway:adapter_loads", "Adapter load calls to replicas, by result.",
                                      ("backend", "adapter", "result"), registry=r)
         self.adapter_unloads = Counter("gateway:adapter_unloads", "Adapter unload calls to replicas (LRU evictions).",
@@ -68,18 +71,7 @@ class GatewayMetrics:
         self.queued = Gauge("gateway:requests_queued", "Requests waiting for an admission slot.", registry=r)
         self.healthy = Gauge("gateway:backend_healthy", "1 while the replica passes health checks.", ("backend",),
                              registry=r)
-
-        # Labelled children by label values: ``labels()`` takes a lock and validates on every call, and the
-        # request path records about ten samples per request.
-        self._children: dict[tuple, tuple] = {}
-
-    def child(self, metric, *values: str):
-        """``metric.labels(*values)``, cached."""
-        key = (metric, values)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*values)
-        return found
+        self._children: dict[tuple, tuple] = {}  # per label values: the request families' children
 
     def observe_request(self, labels: RequestLabels, *, e2e_s: float, queue_s: float | None, ttft_s: float | None,
                         tpot_s: float | None, prompt_tokens: int, completion_tokens: int, itl_s: Sequence[float] = ()) -> None:

@@ -13,7 +13,6 @@ import asyncio
 import json
 import math
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -86,7 +85,7 @@ async def _serve(state: GatewayState, incoming: Incoming, req: ClientRequest, fl
     body = upstream_body(req)
     upstream = UpstreamRequest(req.endpoint, body, record.adapter,
                                timeout_s=min(limits.upstream_idle_timeout_s, limits.request_timeout_s),
-                               request_id=incoming.headers.get("x-request-id") or uuid.uuid4().hex,
+                               request_id=incoming.headers.get("x-request-id") or state.new_request_id(),
                                raw_body=req.raw if body is req.body else None)
     if req.is_stream:
         async def open_stream(replica: Replica) -> tuple[list[bytes], AsyncIterator[list[bytes]]]:
@@ -154,7 +153,7 @@ async def dispatch(state: GatewayState, record: RequestRecord, upstream: Upstrea
 def _route(state: GatewayState, record: RequestRecord, candidates: list[Replica], keys: tuple[int, ...]) -> Replica:
     stats = tuple(replica_stats(r, state.adapters.resident(r.name), keys, state.prefix_index) for r in candidates)
     decision = state.policy.choose(RouteContext(state.next_request_index(), record.base_model, record.adapter, stats, keys))
-    state.metrics.child(state.metrics.route_decisions, decision.replica, decision.reason.value).inc()
+    state.metrics.route_decisions.labels(decision.replica, decision.reason.value).inc()
     return next(r for r in candidates if r.name == decision.replica)
 
 

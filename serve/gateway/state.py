@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import uuid
 from dataclasses import dataclass, field
 
 from serve.backends import BackendSpec, make_backend
@@ -35,6 +36,9 @@ class GatewayState:
     is_draining: bool = False  #: shutting down: new requests get 503, in-flight ones finish
     tasks: list[asyncio.Task] = field(default_factory=list)  #: background tasks to cancel at shutdown
     _counter: itertools.count = field(default_factory=itertools.count)
+    #: prefix of the request ids this gateway makes up (X-Request-Id sent upstream when the client sent none)
+    instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    _request_ids: itertools.count = field(default_factory=itertools.count)
 
     @classmethod
     def build(cls, cfg: GatewayConfig) -> GatewayState:
@@ -49,6 +53,10 @@ class GatewayState:
 
     def next_request_index(self) -> int:
         return next(self._counter)
+
+    def new_request_id(self) -> str:
+        """A request id unique to this gateway instance (cheaper than a uuid4 per request)."""
+        return f"gw-{self.instance_id}-{next(self._request_ids)}"
 
     def add_backend(self, spec: BackendSpec) -> Replica:
         """Register a replica (not yet healthy: the next health check admits it)."""
