@@ -47,7 +47,9 @@ class VllmServer:
         self.model, self.log_path = model, log_path
         self.argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--dtype", dtype,
                      "--host", "127.0.0.1", "--port", str(self.port), "--max-model-len", str(max_model_len),
-                     "--kv-cache-dtype", kv_cache_dtype, "--disable-log-stats"]
+                     "--kv-cache-dtype", kv_cache_dtype, "--disable-log-stats",
+                     # no torch.compile warm-up: these checks load, answer and score; they do not time vLLM
+                     "--enforce-eager"]
         self.env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gb)}
         self._proc: subprocess.Popen | None = None
 
