@@ -67,4 +67,9 @@ EXPOSE 8000 9000
 # The start period covers model loading and the first kernel build.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 CMD ["lorafleet", "deploy", "healthcheck"]
 ENTRYPOINT ["lorafleet"]
-CMD ["serve", "--host", "0.0.0.0", "--port", "8000", "--model", "smollm2-135m-instruct"]
+# The engine with deploy/profiles/smollm2-cpu.yaml, as `lorafleet profile render ... --backend embedded` prints it
+# (the same command as the engine of deploy/compose/cpu and deploy/k8s/base).
+CMD ["serve", "--model", "smollm2-135m-instruct", "--host", "0.0.0.0", "--port", "8000", \
+     "--served-model-name", "smollm2-135m-instruct", "--max-num-seqs", "16", "--max-num-batched-tokens", "512", \
+     "--max-model-len", "2048", "--dtype", "bfloat16", "--enable-prefix-caching", "--max-loras", "4", \
+     "--max-lora-rank", "16", "--kv-cache-gb", "0.5"]

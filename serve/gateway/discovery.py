@@ -145,14 +145,16 @@ async def resolve_addresses(host: str, port: int) -> frozenset[str] | None:
 class Discoverer:
     """Keeps the gateway's replicas of one :class:`DiscoverySpec` equal to what its DNS name resolves to."""
 
-    def __init__(self, spec: DiscoverySpec, state: GatewayState, resolve: Resolver = resolve_addresses) -> None:
-        self.spec, self.state, self.resolve = spec, state, resolve
+    def __init__(self, spec: DiscoverySpec, state: GatewayState, resolve: Resolver | None = None) -> None:
+        self.spec, self.state = spec, state
+        self.resolve = resolve  #: None: this module's :func:`resolve_addresses`, looked up at each resolution
         self.addresses: set[str] = set()  #: addresses whose backend this discoverer added and still holds
 
     async def sync_once(self) -> None:
         """Resolve the name once and add/remove backends to match."""
         try:
-            found = await asyncio.wait_for(self.resolve(self.spec.service, self.spec.port), self.spec.resolve_timeout_s)
+            resolve = self.resolve or resolve_addresses
+            found = await asyncio.wait_for(resolve(self.spec.service, self.spec.port), self.spec.resolve_timeout_s)
         except asyncio.TimeoutError:
             log.warning("discovery: resolving %s timed out; keeping the replicas known so far", self.spec.service)
             return
@@ -195,7 +197,7 @@ class Discoverer:
                 log.exception("discovery of %s failed", self.spec.service)
 
 
-async def start(state: GatewayState, resolve: Resolver = resolve_addresses) -> list[asyncio.Task]:
+async def start(state: GatewayState, resolve: Resolver | None = None) -> list[asyncio.Task]:
     """Resolve every ``discovery:`` entry of the gateway's config once (so replicas are known before the
     first request), then follow each in a background task; the tasks are returned for the caller to cancel."""
     discoverers = [Discoverer(spec, state, resolve) for spec in getattr(state.cfg, "discovery", ())]
