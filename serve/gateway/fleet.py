@@ -74,4 +74,5 @@ def replica_stats(replica: Replica, resident: frozenset[str], prefix_keys: Seque
         num_waiting=(m.num_waiting or 0) if m else 0, num_running=(m.num_running or 0) if m else 0,
         kv_cache_usage=m.kv_cache_usage if m else None, resident_adapters=resident,
         max_resident_adapters=replica.spec.max_adapters,
-        num_cached_prefix_blocks=index.num_cached_blocks(prefix_keys, replica.name) if prefix_keys else 0)
+        num_cached_prefix_blocks=index.num_cached_blocks(prefix_keys, replica.name) if prefix_keys else 0,
+        num_prefix_blocks=index.num_blocks(replica.name))

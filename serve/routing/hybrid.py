@@ -4,7 +4,8 @@ Among replicas within the bounded-load limit the ranking is, in order:
 
 1. the request's adapter is resident (an adapter load costs a round trip and can evict another adapter);
 2. the longest meaningful cached-prefix match (see ``prefix_aware.meaningful_match``);
-3. for a long prefix seen nowhere yet, its rendezvous-hash home (concurrent first requests agree);
+3. for a long prefix seen nowhere yet, the replica with the fewest cached prefix blocks, ties broken by its
+   rendezvous-hash home (concurrent first requests agree: the first one is recorded before the next routes);
 4. a free adapter slot, when the adapter must be loaded (so nothing is evicted);
 5. the least load per weight, ties rotating.
 
@@ -16,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from serve.routing.prefix_aware import meaningful_match
-from serve.routing.scores import hash_key, relative_load, rendezvous_order, rotation, within_bound
+from serve.routing.prefix_aware import PLACEMENTS, meaningful_match, placement_reason
+from serve.routing.scores import hash_key, placement_order, relative_load, rotation, within_bound
 from serve.routing.types import RouteContext, RouteDecision, RouteReason
 
 
@@ -29,8 +30,13 @@ class Hybrid:
                                                           "shortest match that is followed."})
     min_bound: int = field(default=2, metadata={"help": "A replica holding fewer requests than this is never over "
                                                         "the load bound."})
+    placement: str = field(default="least_cached", metadata={"help": "Where a prefix seen nowhere goes: 'least_cached' "
+                                                                     "(fewest cached prefix blocks per weight, ties by "
+                                                                     "hash) or 'hash' (rendezvous hashing only)."})
 
     def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got '{self.placement}'")
         if self.load_factor < 1:
             raise ValueError(f"load_factor must be >= 1, got {self.load_factor}")
         if self.hash_blocks < 1:
@@ -49,7 +55,7 @@ class Hybrid:
         key = hash_key(ctx.prefix_keys, self.hash_blocks)
         home_rank = [0] * n
         if key is not None:
-            for rank, i in enumerate(rendezvous_order(key, reps)):
+            for rank, i in enumerate(placement_order(key, reps, self.placement == "least_cached")):
                 home_rank[i] = rank
 
         def rank(i: int) -> tuple:
@@ -67,7 +73,7 @@ class Hybrid:
         elif matches[chosen] > 0:
             reason = RouteReason.PREFIX_MATCH
         elif key is not None:
-            reason = RouteReason.PREFIX_HASH
+            reason = placement_reason(key, reps, chosen)
         elif adapter is not None and reps[chosen].has_free_adapter_slot():
             reason = RouteReason.ADAPTER_FREE_SLOT
         else:

@@ -1,9 +1,11 @@
 """Prefix-aware routing: requests that share a prompt prefix go where that prefix is cached, bounded by load.
 
-Two signals, both from the gateway: ``ReplicaStats.num_cached_prefix_blocks`` (longest-prefix match against
-the gateway's record of what it sent where) and, for a prefix seen nowhere yet, rendezvous hashing of the
-prefix so that concurrent first requests agree on one home. Every choice is limited to replicas within the
-bounded-load limit, so one hot prefix spreads over more replicas instead of collapsing onto one.
+Signals, all from the gateway: ``ReplicaStats.num_cached_prefix_blocks`` (longest-prefix match against the
+gateway's record of what it sent where) and, for a prefix seen nowhere yet, the replica whose cache holds the
+fewest prefix blocks (``num_prefix_blocks``), ties broken by rendezvous hashing of the prefix. The first
+request of a new prefix is recorded before the next one is routed, so concurrent first requests agree on one
+home. Every choice is limited to replicas within the bounded-load limit, so one hot prefix spreads over more
+replicas instead of collapsing onto one.
 """
 
 from __future__ import annotations
@@ -11,8 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from serve.routing.least_loaded import least_loaded_index
-from serve.routing.scores import hash_key, rendezvous_order, within_bound
+from serve.routing.scores import hash_key, placement_order, rendezvous_order, within_bound
 from serve.routing.types import RouteContext, RouteDecision, RouteReason
+
+
+PLACEMENTS = ("least_cached", "hash")
+
+
+def placement_reason(key: int, replicas, chosen: int) -> RouteReason:
+    """PREFIX_HASH if ``chosen`` is the prefix's rendezvous home, else PREFIX_BALANCE (placed for room)."""
+    return RouteReason.PREFIX_HASH if rendezvous_order(key, replicas)[0] == chosen else RouteReason.PREFIX_BALANCE
 
 
 def meaningful_match(num_blocks: int, num_prefix_blocks: int, hash_blocks: int) -> int:
@@ -32,8 +42,13 @@ class PrefixAware:
                                                           "shortest match that is followed."})
     min_bound: int = field(default=2, metadata={"help": "A replica holding fewer requests than this is never over "
                                                         "the load bound."})
+    placement: str = field(default="least_cached", metadata={"help": "Where a prefix seen nowhere goes: 'least_cached' "
+                                                                     "(fewest cached prefix blocks per weight, ties by "
+                                                                     "hash) or 'hash' (rendezvous hashing only)."})
 
     def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got '{self.placement}'")
         if self.load_factor < 1:
             raise ValueError(f"load_factor must be >= 1, got {self.load_factor}")
         if self.hash_blocks < 1:
@@ -55,9 +70,10 @@ class PrefixAware:
             return RouteDecision(reps[least_loaded_index(reps, ctx.request_index, tied)].name, reason)
         key = hash_key(ctx.prefix_keys, self.hash_blocks)
         if key is not None:
-            order = rendezvous_order(key, reps)
+            order = placement_order(key, reps, self.placement == "least_cached")
             first = next(i for i in order if ok[i])
-            spilled = first != order[0] or max(matches) > 0
-            return RouteDecision(reps[first].name, RouteReason.SPILL if spilled else RouteReason.PREFIX_HASH)
+            if first != order[0] or max(matches) > 0:
+                return RouteDecision(reps[first].name, RouteReason.SPILL)
+            return RouteDecision(reps[first].name, placement_reason(key, reps, first))
         reason = RouteReason.SPILL if max(matches) > 0 else RouteReason.LEAST_LOADED
         return RouteDecision(reps[least_loaded_index(reps, ctx.request_index, allowed)].name, reason)

@@ -7,7 +7,7 @@ evicted a block the index still lists, and the index forgets least recently used
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 
 
@@ -19,6 +19,7 @@ class PrefixIndex:
             raise ValueError(f"max_keys must be >= 1, got {max_keys}")
         self.max_keys = max_keys
         self._replicas_by_key: OrderedDict[int, set[str]] = OrderedDict()
+        self._num_keys: Counter[str] = Counter()  # per replica: keys that list it
 
     def __len__(self) -> int:
         return len(self._replicas_by_key)
@@ -29,11 +30,20 @@ class PrefixIndex:
             holders = self._replicas_by_key.get(key)
             if holders is None:
                 self._replicas_by_key[key] = {replica}
+                self._num_keys[replica] += 1
             else:
-                holders.add(replica)
+                if replica not in holders:
+                    holders.add(replica)
+                    self._num_keys[replica] += 1
                 self._replicas_by_key.move_to_end(key)
         while len(self._replicas_by_key) > self.max_keys:
-            self._replicas_by_key.popitem(last=False)
+            _, holders = self._replicas_by_key.popitem(last=False)
+            for r in holders:
+                self._num_keys[r] -= 1
+
+    def num_blocks(self, replica: str) -> int:
+        """Prefix blocks the index remembers sending to ``replica`` (an estimate of its cache's contents)."""
+        return self._num_keys[replica]
 
     def num_cached_blocks(self, prefix_keys: Sequence[int], replica: str) -> int:
         """Length of the longest leading run of ``prefix_keys`` that ``replica`` was sent.
@@ -55,3 +65,4 @@ class PrefixIndex:
                 empty.append(key)
         for key in empty:
             del self._replicas_by_key[key]
+        self._num_keys.pop(replica, None)

@@ -21,6 +21,7 @@ class RouteReason(str, Enum):
     ADAPTER_FREE_SLOT = "adapter_free_slot"  #: not loaded anywhere usable; this replica can load it without evicting
     PREFIX_MATCH = "prefix_match"  #: the replica most recently served the longest part of this prompt's prefix
     PREFIX_HASH = "prefix_hash"  #: a new prefix, placed on its consistent-hash home
+    PREFIX_BALANCE = "prefix_balance"  #: a new prefix, placed on the replica with the least cached prefix blocks
     SPILL = "spill"  #: the preferred replicas were over the load bound
 
 
@@ -40,11 +41,15 @@ class ReplicaStats:
     resident_adapters: frozenset[str] = frozenset()  #: adapters loaded there (as far as the gateway knows)
     max_resident_adapters: int | None = None  #: adapters that fit at once before one must be unloaded; None: no limit
     num_cached_prefix_blocks: int = 0  #: leading blocks of this request's prefix the gateway last sent there
+    #: prefix blocks of all requests the gateway sent there and still remembers: its estimate of how full the
+    #: replica's prefix cache is, used to place new prefixes where there is room
+    num_prefix_blocks: int = 0
 
     def __post_init__(self) -> None:
         if self.weight <= 0:
             raise ValueError(f"weight of replica '{self.name}' must be positive, got {self.weight}")
-        if min(self.num_in_flight, self.num_waiting, self.num_running, self.num_cached_prefix_blocks) < 0:
+        if min(self.num_in_flight, self.num_waiting, self.num_running, self.num_cached_prefix_blocks,
+               self.num_prefix_blocks) < 0:
             raise ValueError(f"counts of replica '{self.name}' must be non-negative")
 
     @property

@@ -42,7 +42,8 @@ class Fleet:
     def stats(self, keys: Sequence[int]) -> tuple[ReplicaStats, ...]:
         return tuple(ReplicaStats(n, weight=self.weights.get(n, 1.0), num_in_flight=self.in_flight[n],
                                   resident_adapters=frozenset(self.resident[n]), max_resident_adapters=self.max_resident,
-                                  num_cached_prefix_blocks=self.index.num_cached_blocks(keys, n)) for n in self.names)
+                                  num_cached_prefix_blocks=self.index.num_cached_blocks(keys, n),
+                                  num_prefix_blocks=self.index.num_blocks(n)) for n in self.names)
 
     def send(self, policy: RoutingPolicy, adapter: str | None = None, keys: Sequence[int] = (), model: str = "m") -> str:
         """Route one request and apply its effects; the request stays in flight until :meth:`finish`."""

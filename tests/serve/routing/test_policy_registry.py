@@ -29,6 +29,9 @@ def test_settings_are_passed_and_checked() -> None:
         make_policy("hybrid", {"load_factor": 0.5})
     with pytest.raises(ConfigError, match="must be one of"):
         make_policy("random")
+    assert make_policy("hybrid", {"placement": "hash"}).placement == "hash"
+    with pytest.raises(ConfigError, match="placement must be one of"):
+        make_policy("prefix_aware", {"placement": "random"})
 
 
 def test_context_rejects_empty_and_duplicate_candidates() -> None:

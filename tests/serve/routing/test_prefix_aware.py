@@ -108,3 +108,33 @@ def test_weights_shift_new_prefixes() -> None:
 def test_rejects_bad_settings(kw) -> None:
     with pytest.raises(ValueError):
         PrefixAware(**kw)
+
+
+def test_new_prefixes_are_placed_where_the_cache_has_room(make_fleet, prefix_keys) -> None:
+    """8 tenants over 2 replicas: hashing alone splits them unevenly for some tenant sets (here at least one of
+    30 sets is 6:2 or worse), which overloads one cache; least-cached placement splits every set 4:4."""
+    splits = {"least_cached": [], "hash": []}
+    for trial in range(30):
+        prompts = [f"Tenant {trial}-{t} system prompt. " + f"Rule {t}: answer in the tenant's voice. " * 10 for t in range(8)]
+        for placement in splits:
+            fleet, policy = make_fleet("a", "b"), PrefixAware(placement=placement)
+            homes = {}
+            for t, p in enumerate(prompts):
+                homes[t] = fleet.send(policy, keys=prefix_keys(p + "first question"))
+                fleet.finish(homes[t])
+            splits[placement].append(sorted(Counter(homes.values()).values()))
+    assert all(s == [4, 4] for s in splits["least_cached"])
+    assert any(max(s) >= 6 for s in splits["hash"])
+
+
+def test_two_replicas_each_holding_half_the_tenants(make_fleet, prefix_keys) -> None:
+    """The setting of `lorafleet bench routing`: 8 tenants, 2 replicas whose caches hold 4 tenants' prompts each."""
+    rng = random.Random(1)
+    tenants = [rng.randrange(8) for _ in range(200)]
+    rates = {}
+    for name, policy in (("round_robin", RoundRobin()), ("prefix_aware", PrefixAware())):
+        fleet = make_fleet("a", "b", cache_blocks=4 * 14)
+        for q, tenant in enumerate(tenants):
+            fleet.finish(fleet.send(policy, keys=prefix_keys(SYSTEM_PROMPTS[tenant] + f"question {q}")))
+        rates[name] = fleet.hit_rate
+    assert rates["prefix_aware"] >= 1.8 * rates["round_robin"], rates

@@ -40,3 +40,15 @@ def test_forget_replica() -> None:
 def test_rejects_zero_capacity() -> None:
     with pytest.raises(ValueError):
         PrefixIndex(0)
+
+
+def test_blocks_per_replica_follow_records_evictions_and_forgets() -> None:
+    idx = PrefixIndex(max_keys=4)
+    idx.record((1, 2, 3), "a")
+    idx.record((1, 2), "b")
+    idx.record((1, 2), "b")  # already held: not counted twice
+    assert (idx.num_blocks("a"), idx.num_blocks("b"), idx.num_blocks("c")) == (3, 2, 0)
+    idx.record((7, 8), "b")  # 5 keys > 4: key 3 (least recently used, held by a) is evicted
+    assert (idx.num_blocks("a"), idx.num_blocks("b")) == (2, 4)
+    idx.forget_replica("b")
+    assert (idx.num_blocks("a"), idx.num_blocks("b")) == (2, 0)
