@@ -26,7 +26,7 @@ from serve.gateway.relay import InFlight, RequestRecord, Send, finish_request, r
 from serve.gateway.requests import ClientRequest, Incoming, prefix_keys, upstream_body
 from serve.gateway.state import GatewayState
 from serve.gateway.templates import parse_templated_request, template_prefix_keys
-from serve.routing import RouteContext
+from serve.routing import RouteContext, RouteReason
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -82,11 +82,11 @@ async def _serve(state: GatewayState, incoming: Incoming, req: ClientRequest, fl
     salt = record.adapter or record.base_model
     keys = (template_prefix_keys(req, salt, limits.prefix_max_blocks)
             or prefix_keys(req.body, salt, limits.prefix_block_chars, limits.prefix_max_blocks))
-    body = upstream_body(req)
+    body, raw_body = upstream_body(req)
     upstream = UpstreamRequest(req.endpoint, body, record.adapter,
                                timeout_s=min(limits.upstream_idle_timeout_s, limits.request_timeout_s),
                                request_id=incoming.headers.get("x-request-id") or state.new_request_id(),
-                               raw_body=req.raw if body is req.body else None)
+                               raw_body=raw_body)
     if req.is_stream:
         async def open_stream(replica: Replica) -> tuple[list[bytes], AsyncIterator[list[bytes]]]:
             batches = replica.backend.stream_batches(upstream)
@@ -151,6 +151,9 @@ async def dispatch(state: GatewayState, record: RequestRecord, upstream: Upstrea
 
 
 def _route(state: GatewayState, record: RequestRecord, candidates: list[Replica], keys: tuple[int, ...]) -> Replica:
+    if len(candidates) == 1:  # what every policy answers; skips building the snapshot
+        state.metrics.route_decisions.labels(candidates[0].name, RouteReason.ONLY_CANDIDATE.value).inc()
+        return candidates[0]
     stats = tuple(replica_stats(r, state.adapters.resident(r.name), keys, state.prefix_index) for r in candidates)
     decision = state.policy.choose(RouteContext(state.next_request_index(), record.base_model, record.adapter, stats, keys))
     state.metrics.route_decisions.labels(decision.replica, decision.reason.value).inc()

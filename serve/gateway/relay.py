@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,9 @@ from serve.gateway.metrics import RequestLabels
 from serve.gateway.state import GatewayState
 
 DONE = b"[DONE]"
-DRAIN_TIMEOUT_S = 5.0  #: after [DONE], how long the rest of the replica's response may take (connection reuse)
+_PROMPT_TOKENS = re.compile(rb'"prompt_tokens":\s*(\d+)')
+_COMPLETION_TOKENS = re.compile(rb'"completion_tokens":\s*(\d+)')
+_NO_CHOICES = b'"choices":[]'
 Send = Callable[[dict], Awaitable[None]]
 SSE_START = {"type": "http.response.start", "status": 200,
              "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
@@ -48,6 +51,18 @@ class RequestRecord:
         if isinstance(usage, Mapping):
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+    def take_usage_chunk(self, payload: bytes) -> bool:
+        """Read the usage of a chunk that has one; return whether it also has choices. The usual compact
+        shape is read with a regex, anything else parsed."""
+        start = payload.find(b'"usage":{')
+        prompt, completion = _PROMPT_TOKENS.search(payload, start), _COMPLETION_TOKENS.search(payload, start)
+        if prompt is not None and completion is not None:
+            self.prompt_tokens, self.completion_tokens = int(prompt[1]), int(completion[1])
+            return _NO_CHOICES not in payload
+        chunk = json.loads(payload)
+        self.take_usage(chunk.get("usage"))
+        return bool(chunk.get("choices"))
 
     def on_token_event(self, now: float) -> None:
         if self.first_token_s is None:
@@ -121,9 +136,8 @@ def frames(record: RequestRecord, batch: list[bytes], include_usage: bool) -> tu
             out.append(b"data: [DONE]\n\n")
             return b"".join(out), True
         if b'"usage":{' in payload:
-            chunk = json.loads(payload)
-            record.take_usage(chunk.get("usage"))
-            if not (include_usage or chunk.get("choices")):
+            has_choices = record.take_usage_chunk(payload)
+            if not (include_usage or has_choices):
                 continue
         elif is_token_event(payload):
             record.on_token_event(now)
@@ -158,11 +172,10 @@ async def relay_stream(send: Send, flight: InFlight, first: list[bytes], batches
             record.status, out = 502, sse_error_event(502, f"the stream from backend '{record.backend}' ended early")
         flight.finish()
         await send({"type": "http.response.body", "body": out, "more_body": False})
-        if is_done:
-            async with asyncio.timeout(DRAIN_TIMEOUT_S):
-                async for _ in batches:
-                    pass
-    except (TimeoutError, BackendError):
+        if is_done:  # (bounded by the upstream's idle timeout; nothing is held any more)
+            async for _ in batches:
+                pass
+    except BackendError:
         pass  # the replica did not end its response cleanly after [DONE]: closing it below is all to do
     finally:
         await batches.aclose()

@@ -61,12 +61,17 @@ def parse_request(raw: bytes, endpoint: Endpoint) -> ClientRequest:
     return ClientRequest(endpoint, body, model, stream, bool(stream and options and options.get("include_usage")), raw)
 
 
-def upstream_body(req: ClientRequest) -> Mapping[str, Any]:
-    """The body sent upstream: streams always ask for usage, so the gateway can count tokens. ``req.body``
-    itself when that changes nothing (then its raw bytes can be relayed)."""
+def upstream_body(req: ClientRequest) -> tuple[Mapping[str, Any], bytes | None]:
+    """The body sent upstream and its JSON text (None if it must be serialised): streams always ask for
+    usage, so the gateway can count tokens. When the client sent no ``stream_options``, the option is
+    spliced into the client's own bytes rather than re-serialising the whole body."""
     if not req.is_stream or req.include_usage:
-        return req.body
-    return {**req.body, "stream_options": {**(req.body.get("stream_options") or {}), "include_usage": True}}
+        return req.body, req.raw
+    body = {**req.body, "stream_options": {**(req.body.get("stream_options") or {}), "include_usage": True}}
+    raw = req.raw.rstrip() if req.raw is not None and "stream_options" not in req.body else b""
+    if raw.endswith(b"}"):  # a non-empty object ('model' is required): add the key before its end
+        return body, raw[:-1] + b',"stream_options":{"include_usage":true}}'
+    return body, None
 
 
 def prompt_text(body: Mapping[str, Any]) -> str | list[int] | None:
