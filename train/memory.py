@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import re
 import resource
 from dataclasses import dataclass
@@ -26,6 +28,11 @@ def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
+    gc.collect()
+    try:  # hand heap memory freed while loading (e.g. float weights before 4-bit quantization) back to the OS
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:  # Linux >= 4.0: writing 5 resets VmHWM to the current RSS
         _CLEAR_REFS.write_text("5")
     except OSError:
