@@ -90,13 +90,21 @@ class VllmServer:
         return " | ".join(lines[-num_lines:])
 
     def facts(self) -> VllmFacts:
-        """Ask the capital of France (greedy, 24 tokens) and read the KV capacity vLLM logged."""
-        r = httpx.post(f"{self.url}/v1/chat/completions", timeout=300, json={
-            "model": str(self.model), "messages": QUESTION, "max_tokens": 24, "temperature": 0})
+        """Ask the capital of France (greedy, 24 tokens) and read the KV capacity vLLM logged.
+
+        The prompt is rendered with the checkpoint's own chat template by lorafleet (the code our server uses)
+        and sent as token ids, so the check is about the weights vLLM loaded, not about its template handling.
+        """
+        from lorafleet.chat import chat_token_ids
+        from lorafleet.loading import load_tokenizer
+
+        ids = chat_token_ids(load_tokenizer(self.model), QUESTION)
+        r = httpx.post(f"{self.url}/v1/completions", timeout=300, json={
+            "model": str(self.model), "prompt": ids, "max_tokens": 24, "temperature": 0})
         r.raise_for_status()
         m = KV_TOKENS_RE.search(self.log_path.read_text(errors="replace"))
-        return VllmFacts(r.json()["choices"][0]["message"]["content"],
-                         int(m.group(1).replace(",", "")) if m else None, str(self.log_path))
+        return VllmFacts(r.json()["choices"][0]["text"], int(m.group(1).replace(",", "")) if m else None,
+                         str(self.log_path))
 
     def score(self, token_ids: list[int]) -> tuple[float, int, list[int]]:
         """(-Σ log p, tokens predicted, argmax ids) of a window through ``prompt_logprobs``."""
