@@ -256,8 +256,9 @@ def run(cfg: OptimizeBenchConfig) -> dict[str, Any]:
         results["base"].update(vllm_ppl_bf16=vllm_base["ppl"], vllm_answer=vllm_base["vllm_answer"],
                                vllm_kv_cache_tokens=vllm_base["vllm_kv_cache_tokens"])
     details: dict[str, Any] = {"quantize": {}, "kv": {}, "prune": {}}
-    sections = (("quantize", quantize_all, (runner, base, base_r["ppl"], cfg)), ("kv", kv_all, (runner, base, vllm_base)),
-                ("prune", prune_all, (runner, base, base_r["ppl"], cfg)))
+    # cheapest per finding first: KV (one checkpoint, engine runs), pruning, then the quantization schemes
+    sections = (("kv", kv_all, (runner, base, vllm_base)), ("prune", prune_all, (runner, base, base_r["ppl"], cfg)),
+                ("quantize", quantize_all, (runner, base, base_r["ppl"], cfg)))
     for i, (name, fn, args) in enumerate(sections):
         guarded(details, name, console, fn, *args)
         # written after every section, so an interrupted run still leaves what it measured (complete: false)
