@@ -17,7 +17,7 @@ from lorafleet.errors import LorafleetError
 from serve.backends.base import Endpoint
 from serve.gateway.errors import error_body, status_of
 from serve.gateway.proxy import handle_generation
-from serve.gateway.requests import Incoming
+from serve.gateway.requests import Incoming, RawHeaders
 from serve.gateway.state import GatewayState
 
 log = logging.getLogger("lorafleet.gateway")
@@ -97,8 +97,7 @@ class GatewayApp:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        await self._generation(Incoming(headers, body), endpoint, receive, send)
+        await self._generation(Incoming(RawHeaders(scope["headers"]), body), endpoint, receive, send)
 
     async def _generation(self, incoming: Incoming, endpoint: Endpoint, receive, send) -> None:
         task = asyncio.current_task()

@@ -23,6 +23,7 @@ DONE = b"[DONE]"
 _PROMPT_TOKENS = re.compile(rb'"prompt_tokens":\s*(\d+)')
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens":\s*(\d+)')
 _NO_CHOICES = b'"choices":[]'
+_TOKEN = re.compile(rb'"(?:content|text)":"[^"]')  # a chunk with generated text
 Send = Callable[[dict], Awaitable[None]]
 SSE_START = {"type": "http.response.start", "status": 200,
              "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
@@ -64,13 +65,18 @@ class RequestRecord:
         self.take_usage(chunk.get("usage"))
         return bool(chunk.get("choices"))
 
-    def on_token_event(self, now: float) -> None:
+    def on_token_events(self, now: float, count: int) -> None:
+        """``count`` token events arrived together at ``now``."""
+        if count <= 0:
+            return
         if self.first_token_s is None:
             self.first_token_s = now
+            gaps = [0.0] * (count - 1)
         else:
-            self.itl_s.append(now - self.last_token_s)
+            gaps = [now - self.last_token_s] + [0.0] * (count - 1)
+        self.itl_s.extend(gaps)
+        self.num_token_events += count
         self.last_token_s = now
-        self.num_token_events += 1
 
 
 def finish_request(state: GatewayState, record: RequestRecord) -> None:
@@ -115,34 +121,19 @@ class InFlight:
             finish_request(self.state, self.record)
 
 
-def is_token_event(payload: bytes) -> bool:
-    """Whether a chunk carries generated text, judged from bytes (engines serialise compactly) so that no
-    chunk has to be parsed: a non-empty ``"text":"...`` or ``"content":"...``."""
-    for marker in (b'"content":"', b'"text":"'):
-        i = payload.find(marker)
-        if i != -1 and payload[i + len(marker):i + len(marker) + 1] != b'"':
-            return True
-    return False
-
-
 def frames(record: RequestRecord, batch: list[bytes], include_usage: bool) -> tuple[bytes, bool]:
     """The SSE bytes for the client from one batch of payloads, and whether the batch ended with [DONE].
 
-    Token events are timed, the usage chunk is read (and dropped if the client did not ask for it)."""
-    out: list[bytes] = []
-    now = time.monotonic()
-    for payload in batch:
-        if payload == DONE:
-            out.append(b"data: [DONE]\n\n")
-            return b"".join(out), True
-        if b'"usage":{' in payload:
-            has_choices = record.take_usage_chunk(payload)
-            if not (include_usage or has_choices):
-                continue
-        elif is_token_event(payload):
-            record.on_token_event(now)
-        out.append(b"data: " + payload + b"\n\n")
-    return b"".join(out), False
+    Token events are timed (those of one batch arrived together), the usage chunk is read (and dropped if the
+    client did not ask for it). A batch of plain token chunks is handled with one regex pass and one join."""
+    is_done = batch[-1] == DONE
+    chunks = batch[:-1] if is_done else batch
+    if any(b'"usage":{' in p for p in chunks):
+        chunks = [p for p in chunks if not (b'"usage":{' in p and not record.take_usage_chunk(p) and not include_usage)]
+    if chunks:
+        record.on_token_events(time.monotonic(), sum(1 for p in chunks if _TOKEN.search(p)))
+    parts = [*chunks, DONE] if is_done else chunks
+    return (b"data: " + b"\n\ndata: ".join(parts) + b"\n\n") if parts else b"", is_done
 
 
 async def relay_stream(send: Send, flight: InFlight, first: list[bytes], batches: AsyncIterator[list[bytes]],

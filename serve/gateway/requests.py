@@ -15,6 +15,36 @@ from serve.routing.scores import text_prefix_keys, token_prefix_keys
 TOKENS_PER_BLOCK = 16  # block size of token-id prompts: the engines' KV block
 
 
+class RawHeaders(Mapping[str, str]):
+    """ASGI's raw header list as a read-only mapping of lower-case names: nothing is decoded until asked for
+    (the request path reads two or three headers of however many the client sent)."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+
+    def __getitem__(self, name: str) -> str:
+        key = name.encode("latin-1")
+        for k, v in self._raw:
+            if k == key:
+                return v.decode("latin-1")
+        raise KeyError(name)
+
+    def get(self, name: str, default: Any = None) -> Any:  # (Mapping.get would go through an exception)
+        key = name.encode("latin-1")
+        for k, v in self._raw:
+            if k == key:
+                return v.decode("latin-1")
+        return default
+
+    def __iter__(self):
+        return (k.decode("latin-1") for k, _ in self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """A generation request as it arrived over HTTP: all the request path reads of the HTTP layer."""

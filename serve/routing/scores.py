@@ -36,6 +36,8 @@ def text_prefix_keys(text: str, block_chars: int, max_blocks: int, salt: str = "
     if block_chars < 1 or max_blocks < 0:
         raise ValueError(f"block_chars must be >= 1 and max_blocks >= 0, got {block_chars}, {max_blocks}")
     num_blocks = min(len(text) // block_chars, max_blocks)
+    if num_blocks == 0:
+        return ()
     keys: list[int] = []
     parent = stable_hash64("prefix", salt)
     for i in range(num_blocks):
