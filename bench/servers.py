@@ -28,6 +28,7 @@ class ServerSpec:
     env: dict[str, str]
     log_path: Path
     start_timeout_s: float = 600.0
+    health_path: str = "/health"  #: polled until it answers 200
 
 
 class ManagedServer:
@@ -39,6 +40,11 @@ class ManagedServer:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._proc: subprocess.Popen | None = None
         self._log = None
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the server (None before it starts)."""
+        return self._proc.pid if self._proc is not None else None
 
     def __enter__(self) -> "ManagedServer":
         argv = [a.replace("{port}", str(self.port)) for a in self.spec.argv]
@@ -52,7 +58,7 @@ class ManagedServer:
                 self.__exit__(None, None, None)
                 raise BackendError(f"{self.spec.name} exited during start-up; see {self.spec.log_path}")
             try:
-                if httpx.get(self.base_url + "/health", timeout=2).status_code == 200:
+                if httpx.get(self.base_url + self.spec.health_path, timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
