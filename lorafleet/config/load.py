@@ -210,16 +210,14 @@ class Slo:
     max_error_rate: float = 0.01
 
     def __str__(self) -> str:
-        parts = [f"{lim.key}<={lim.max_ms:g}ms" for lim in self.limits]
-        return ", ".join(parts + [f"error_rate<={self.max_error_rate:g}"])
+        return ", ".join([f"{lim.key}<={lim.max_ms:g}ms" for lim in self.limits] + [f"error_rate<={self.max_error_rate:g}"])
 
 
 def parse_slo(text: str) -> Slo:
     """``"ttft_p99=2s,tpot_p99=100ms"`` (plus optional ``error_rate=0.05``) as an :class:`Slo`."""
     limits, error_rate, problems = [], 0.01, []
     for part in filter(None, (p.strip() for p in str(text).split(","))):
-        key, sep, value = part.partition("=")
-        key = key.strip().lower()
+        key, sep, value = (x.strip() for x in part.lower().partition("="))
         try:
             if not sep:
                 raise ConfigError("expected KEY=VALUE")
