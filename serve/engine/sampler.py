@@ -1,10 +1,13 @@
-"""Token sampling from fp32 logits: greedy, temperature, top-k, top-p, per-request seeds."""
+"""Token sampling from fp32 logits: greedy, temperature, top-k, top-p, per-request seeds, per-row grammar
+bitmasks (structured outputs), and verification of speculated draft tokens."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+from serve.engine.structured import apply_bitmask
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +18,9 @@ class SamplingBatch:
     top_ps: tuple[float, ...]
     top_ks: tuple[int, ...]  #: <= 0 means no top-k
     generators: tuple[torch.Generator | None, ...]  #: per-row RNG (seeded requests) or None for the shared one
+    #: int32 [n, ceil(vocab / 32)] packed allowed-token bits for the rows in ``masked_rows`` (constrained rows)
+    bitmask: torch.Tensor | None = None
+    masked_rows: tuple[int, ...] = ()
 
     @property
     def all_greedy(self) -> bool:
@@ -22,7 +28,10 @@ class SamplingBatch:
 
 
 def sample(logits: torch.Tensor, batch: SamplingBatch, default_generator: torch.Generator | None = None) -> list[int]:
-    """Pick one token per row of ``logits`` [n, vocab] (fp32). Returns n token ids."""
+    """Pick one token per row of ``logits`` [n, vocab] (fp32). Returns n token ids. Rows in
+    ``batch.masked_rows`` only pick tokens their bitmask allows (``logits`` is changed in place there)."""
+    if batch.masked_rows:
+        apply_bitmask(logits, batch.bitmask, list(batch.masked_rows))
     greedy = logits.argmax(dim=-1)
     if batch.all_greedy:
         return greedy.tolist()
@@ -58,3 +67,39 @@ def filtered_probs(logits: torch.Tensor, temperatures: torch.Tensor, top_ks: lis
         drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return torch.softmax(logits, dim=-1)
+
+
+def verify_drafts(logits: torch.Tensor, draft_ids: list[int], temperature: float, top_k: int, top_p: float,
+                  generator: torch.Generator | None = None) -> list[int]:
+    """Check speculated tokens against the target model and return the tokens to append: the accepted
+    drafts plus one token from the target (a correction at the first rejection, else a bonus token).
+
+    ``logits`` [d + 1, vocab]: row i is the model's prediction after the context plus ``draft_ids[:i]``.
+    Greedy: a draft is accepted while it equals the argmax, so the output equals plain greedy decoding.
+    Sampling: standard speculative rejection sampling with a deterministic proposer (q = one-hot at the
+    draft): accept draft x with probability p(x); on rejection sample from p with x removed, renormalized
+    (that is norm(max(0, p - q))). The result is distributed exactly as sampling from p token by token.
+    """
+    if temperature == 0.0:
+        target = logits.argmax(dim=-1).tolist()
+        out = []
+        for i, draft in enumerate(draft_ids):
+            out.append(target[i])
+            if target[i] != draft:
+                return out
+        out.append(target[-1])
+        return out
+    rows = logits.shape[0]
+    probs = filtered_probs(logits, torch.full((rows,), temperature, device=logits.device), [top_k] * rows, [top_p] * rows)
+    coins = torch.rand(len(draft_ids), generator=generator, device=logits.device).tolist()
+    out = []
+    for i, draft in enumerate(draft_ids):
+        if coins[i] < float(probs[i, draft]):
+            out.append(draft)
+            continue
+        residual = probs[i].clone()
+        residual[draft] = 0.0  # p(x) < 1 here, so some mass remains
+        out.append(int(torch.multinomial(residual, 1, generator=generator)))
+        return out
+    out.append(int(torch.multinomial(probs[-1], 1, generator=generator)))
+    return out

@@ -7,6 +7,10 @@ Policy (one step):
 2. Waiting sequences are admitted while the token budget, ``max_num_seqs`` and free blocks allow, starting
    from their prefix-cache hit. Long prompts get the budget left after the decodes, in chunks.
 
+A decode that carries speculated draft tokens (``seq.draft_token_ids``, proposed by the engine) computes
+them in the same step when the budget and free blocks allow; otherwise it runs as a plain decode. Choices of
+an ``n > 1`` request start from their first choice's computed prompt (:meth:`Scheduler.fork`).
+
 No torch here: the scheduler talks to :class:`BlockManager` only through its public calls.
 """
 
@@ -16,17 +20,24 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from serve.engine.block_manager import BlockManager
+from serve.engine.block_manager import BlockCopy, BlockManager
 from serve.engine.sequence import Sequence, SeqStatus
 
 
 @dataclass(frozen=True, slots=True)
 class ScheduledSeq:
-    """One sequence in a step: compute ``token_ids[start:start + num_new_tokens]``."""
+    """One sequence in a step: compute ``token_ids[start:start + num_new_tokens]``, then the first
+    ``num_draft_tokens`` of ``seq.draft_token_ids`` (speculated, to be verified)."""
 
     seq: Sequence
     start: int  #: first position computed this step (== num_computed_tokens before the step)
     num_new_tokens: int
+    num_draft_tokens: int = 0
+
+    @property
+    def num_query_tokens(self) -> int:
+        """Tokens the forward pass computes for this sequence: its new tokens plus the drafts."""
+        return self.num_new_tokens + self.num_draft_tokens
 
     @property
     def is_decode(self) -> bool:
@@ -44,10 +55,11 @@ class SchedulerOutput:
 
     scheduled: tuple[ScheduledSeq, ...]
     preempted_ids: tuple[str, ...] = ()
+    block_copies: tuple[BlockCopy, ...] = ()  #: copy-on-write block copies to make before the forward pass
 
     @property
     def num_tokens(self) -> int:
-        return sum(s.num_new_tokens for s in self.scheduled)
+        return sum(s.num_query_tokens for s in self.scheduled)
 
     @property
     def is_empty(self) -> bool:
@@ -62,6 +74,7 @@ class SchedulerStats:
     prefix_query_tokens: int
     prefix_hit_tokens: int
     num_preemptions: int
+    num_computed_prompt_tokens: int = 0  #: prompt tokens run through the model (prefill work, all requests)
 
 
 class Scheduler:
@@ -72,6 +85,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.num_computed_prompt_tokens = 0
 
     # -- queue management ----------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -100,6 +114,7 @@ class Scheduler:
             prefix_query_tokens=self.bm.stats.num_query_tokens,
             prefix_hit_tokens=self.bm.stats.num_hit_tokens,
             num_preemptions=self.num_preemptions,
+            num_computed_prompt_tokens=self.num_computed_prompt_tokens,
         )
 
     # -- the decision ----------------------------------------------------------------------------------
@@ -113,6 +128,12 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = min(seq.num_uncomputed_tokens, budget)
+            d = min(len(seq.draft_token_ids), budget - n) if n == seq.num_uncomputed_tokens else 0
+            if d and self.bm.allocate_slots(seq, n + d):
+                decodes.append(ScheduledSeq(seq, seq.num_computed_tokens, n, d))
+                budget -= n + d
+                i += 1
+                continue
             while not self.bm.allocate_slots(seq, n):
                 victim = self.running.pop()  # latest arrival loses its blocks first
                 self._preempt(victim)
@@ -127,7 +148,7 @@ class Scheduler:
 
         if not preempted:
             budget = self._admit(budget, prefills)
-        return SchedulerOutput(tuple(decodes + prefills), tuple(preempted))
+        return SchedulerOutput(tuple(decodes + prefills), tuple(preempted), self.bm.take_block_copies())
 
     def _admit(self, budget: int, prefills: list[ScheduledSeq]) -> int:
         now = time.monotonic()
@@ -156,11 +177,27 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
     # -- after the step --------------------------------------------------------------------------------
-    def commit(self, out: SchedulerOutput) -> None:
-        """Advance computed-token counts of the step's sequences and publish their newly full blocks."""
+    def commit(self, out: SchedulerOutput, num_accepted: dict[str, int] | None = None) -> None:
+        """Advance computed-token counts of the step's sequences and publish their newly full blocks.
+        ``num_accepted`` gives, by sequence id, how many of its verified draft tokens were accepted (their
+        K/V stay valid; the rejected ones' slots are simply overwritten later)."""
         for item in out.scheduled:
-            item.seq.num_computed_tokens = item.start + item.num_new_tokens
-            self.bm.cache_full_blocks(item.seq)
+            seq = item.seq
+            accepted = min(num_accepted.get(seq.seq_id, 0), item.num_draft_tokens) if num_accepted else 0
+            self.num_computed_prompt_tokens += max(0, min(item.start + item.num_new_tokens, seq.num_prompt_tokens)
+                                                   - item.start)
+            seq.num_computed_tokens = item.start + item.num_new_tokens + accepted
+            self.bm.cache_full_blocks(seq)
+
+    def fork(self, parent: Sequence, children: list[Sequence]) -> None:
+        """Start ``children`` (further choices of ``parent``'s request, never scheduled themselves) on
+        ``parent``'s computed prompt: they share its blocks and run from the next step on."""
+        for child in children:
+            self.bm.fork(parent, child)
+            child.status = SeqStatus.RUNNING
+            child.num_cached_tokens = parent.num_cached_tokens
+            child.times.first_scheduled = parent.times.first_scheduled
+            self.running.append(child)
 
     def finish(self, seq: Sequence, status: SeqStatus) -> None:
         """Mark ``seq`` finished with ``status`` and release its blocks."""

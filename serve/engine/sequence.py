@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from serve.engine.sampling_params import SamplingParams
 
@@ -14,7 +15,7 @@ class SeqStatus(enum.Enum):
 
     WAITING = "waiting"
     RUNNING = "running"
-    FINISHED_STOPPED = "stop"  # EOS, a stop token id or a stop string
+    FINISHED_STOPPED = "stop"  # EOS, a stop token id, a stop string or a completed grammar
     FINISHED_LENGTH_CAPPED = "length"  # max_tokens or the context length reached
     FINISHED_ABORTED = "abort"  # cancelled (client went away)
 
@@ -40,10 +41,15 @@ class SeqTimes:
 
 @dataclass(slots=True, eq=False)
 class Sequence:
-    """Token state of one request.
+    """Token state of one choice of a request.
 
     ``token_ids`` holds prompt then output tokens. ``num_computed_tokens`` counts tokens whose KV is in the
-    cache; the next step computes ``token_ids[num_computed_tokens:]`` (or a chunk of it).
+    cache; the next step computes ``token_ids[num_computed_tokens:]`` (or a chunk of it), plus
+    ``draft_token_ids`` when the step verifies speculated tokens.
+
+    A request with ``n`` choices is one sequence (choice 0) that computes the prompt, carrying the other
+    ``n - 1`` in ``forks``; when its prompt is done they take copies of its block table (shared blocks, see
+    :meth:`BlockManager.fork`) and sample their first tokens from the same logits.
     """
 
     seq_id: str
@@ -60,10 +66,17 @@ class Sequence:
     status: SeqStatus = SeqStatus.WAITING
     num_preemptions: int = 0
     times: SeqTimes = field(default_factory=SeqTimes)
+    request_id: str = ""  #: the request this choice belongs to (default: ``seq_id``)
+    index: int = 0  #: choice index within the request (OpenAI's ``choices[i].index``)
+    forks: list["Sequence"] = field(default_factory=list)  #: choices still waiting for this one's prompt
+    draft_token_ids: list[int] = field(default_factory=list)  #: speculated next tokens to verify this step
+    guide: Any = None  #: grammar state when decoding is constrained (``serve.engine.structured.Guide``)
 
     def __post_init__(self) -> None:
         if not self.token_ids:
             self.token_ids = list(self.prompt_token_ids)
+        if not self.request_id:
+            self.request_id = self.seq_id
 
     @property
     def num_prompt_tokens(self) -> int:
