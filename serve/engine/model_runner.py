@@ -15,8 +15,9 @@ from lorafleet.config import EngineConfig
 from serve.engine import kv_cache
 from serve.engine.kv_math import DTYPE_BYTES, GIB, kv_bytes_per_token, kv_storage_dtype, num_kv_blocks
 from serve.engine.llama import LlamaForCausalLM, LlamaSpec
+from serve.engine.block_manager import BlockCopy
 from serve.engine.lora import LoraAdapter, LoraStack
-from serve.engine.sampler import SamplingBatch, sample
+from serve.engine.sampling_step import RunnerOutput, StepSampler
 from serve.engine.scheduler import ScheduledSeq, SchedulerOutput
 
 
@@ -27,8 +28,8 @@ ROWWISE_MAX_TOKENS = 32
 
 
 def is_rowwise(item: ScheduledSeq) -> bool:
-    """Whether ``item``'s tokens attend as independent rows (decodes and short chunks)."""
-    return item.num_new_tokens <= ROWWISE_MAX_TOKENS
+    """Whether ``item``'s tokens attend as independent rows (decodes, draft verification and short chunks)."""
+    return item.num_query_tokens <= ROWWISE_MAX_TOKENS
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +44,6 @@ class EngineLayout:
     dtype: str
     kv_bytes_per_token: int
     kv_cache_dtype: str = "auto"  #: dtype K/V are stored in: the model dtype, int8 or fp8
-
-
-@dataclass(frozen=True, slots=True)
-class RunnerOutput:
-    """Tokens sampled in one step, by sequence id (only sequences whose step reached their last token)."""
-
-    sampled: dict[str, int]
 
 
 def dequantize_int8_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -92,8 +86,7 @@ class ModelRunner:
                                            self.spec.num_kv_heads, self.spec.head_dim, self.dtype, self.device)
         self.model.rope_cos, self.model.rope_sin = self._rope_tables(checkpoint, max_len)
         self.lora = LoraStack(self.spec, cfg.max_loras, cfg.max_lora_rank, self.dtype, self.device) if cfg.max_loras else None
-        self._generators: dict[str, torch.Generator] = {}
-        self._default_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.sampler = StepSampler(self.device, cfg.seed)
 
     def _load_model(self, checkpoint: Path) -> LlamaForCausalLM:
         with torch.device("meta"):
@@ -123,16 +116,18 @@ class ModelRunner:
 
     def release(self, seq_id: str) -> None:
         """Forget per-sequence state (its RNG) once it finished."""
-        self._generators.pop(seq_id, None)
+        self.sampler.release(seq_id)
 
     # -- one step --------------------------------------------------------------------------------------
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
+        if out.block_copies:
+            self._copy_blocks(out.block_copies)
         items = sorted(out.scheduled, key=lambda it: not is_rowwise(it))  # row-wise attention first (stable)
         input_ids, positions, meta, sample_rows = self._prepare(items)
         lora_batch = None
         if self.lora is not None:
-            row_slots = [it.seq.lora_slot for it in items for _ in range(it.num_new_tokens)]
+            row_slots = [it.seq.lora_slot for it in items for _ in range(it.num_query_tokens)]
             lora_batch = self.lora.make_batch(row_slots)
         hidden = self.model(
             torch.tensor(input_ids, device=self.device),
@@ -146,8 +141,18 @@ class ModelRunner:
         if not sampling_items:
             return RunnerOutput({})
         logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=self.device)])
-        tokens = sample(logits, self._sampling_batch(sampling_items), self._default_generator)
-        return RunnerOutput({it.seq.seq_id: t for it, t in zip(sampling_items, tokens)})
+        return self.sampler.sample(logits, sampling_items)
+
+    def _copy_blocks(self, copies: tuple[BlockCopy, ...]) -> None:
+        """Copy-on-write: copy whole KV blocks ``src`` → ``dst`` in every layer (quantized storage bytewise)."""
+        bs = self.cfg.block_size
+        offsets = torch.arange(bs, device=self.device)
+        src = (torch.tensor([c.src for c in copies], device=self.device)[:, None] * bs + offsets).flatten()
+        dst = (torch.tensor([c.dst for c in copies], device=self.device)[:, None] * bs + offsets).flatten()
+        for kv in self.kv_caches:
+            for t in (kv.k, kv.v):
+                raw = t.view(torch.uint8) if t.element_size() == 1 else t
+                raw[dst] = raw[src]
 
     @torch.inference_mode()
     def chunk_logits(self, item: ScheduledSeq) -> torch.Tensor:
@@ -167,18 +172,19 @@ class ModelRunner:
         rows: list[tuple[list[int], int]] = []  # (block table, context length) per row-wise query token
         prefills: list[PrefillSpan] = []
         for it in items:
-            seq, start, n = it.seq, it.start, it.num_new_tokens
+            seq, start, n, q = it.seq, it.start, it.num_new_tokens, it.num_query_tokens
             token_start = len(input_ids)
             input_ids.extend(seq.token_ids[start:start + n])
-            positions.extend(range(start, start + n))
+            input_ids.extend(seq.draft_token_ids[:it.num_draft_tokens])
+            positions.extend(range(start, start + q))
             table = seq.block_table
-            slot_mapping.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
-            if it.samples:
-                sample_rows.append(token_start + n - 1)
+            slot_mapping.extend(table[p // bs] * bs + p % bs for p in range(start, start + q))
+            if it.samples:  # the last token's row, then one per draft (the prediction after it)
+                sample_rows.extend(range(token_start + n - 1, token_start + q))
             if is_rowwise(it):
-                rows.extend((table, p + 1) for p in range(start, start + n))
+                rows.extend((table, p + 1) for p in range(start, start + q))
             else:
-                prefills.append(self._prefill_span(token_start, start, n, table))
+                prefills.append(self._prefill_span(token_start, start, q, table))
         tables = lens = slots = mask = None
         if rows:
             if self.model.kernels is not None:
@@ -227,21 +233,3 @@ class ModelRunner:
         k_pos = torch.arange(ctx, device=self.device)[None, :]
         mask = torch.zeros((n, ctx), dtype=self.dtype, device=self.device).masked_fill(k_pos > q_pos, float("-inf"))
         return PrefillSpan(token_start, n, slots, mask)
-
-    def _sampling_batch(self, items: list[ScheduledSeq]) -> SamplingBatch:
-        gens = []
-        for it in items:
-            p = it.seq.params
-            if p.seed is not None and not p.is_greedy:
-                g = self._generators.get(it.seq.seq_id)
-                if g is None:
-                    g = self._generators[it.seq.seq_id] = torch.Generator(device=self.device).manual_seed(p.seed)
-                gens.append(g)
-            else:
-                gens.append(None)
-        return SamplingBatch(
-            temperatures=tuple(it.seq.params.temperature for it in items),
-            top_ps=tuple(it.seq.params.top_p for it in items),
-            top_ks=tuple(it.seq.params.top_k for it in items),
-            generators=tuple(gens),
-        )
