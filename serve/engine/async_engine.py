@@ -77,11 +77,13 @@ class AsyncEngine:
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, adapter: str | None = None
     ) -> AsyncIterator[RequestOutput]:
-        """Stream a request's outputs. Closing the iterator early (client gone) aborts the request."""
+        """Stream a request's outputs (of all ``params.n`` choices, told apart by ``out.index``) until every
+        choice finished. Closing the iterator early (client gone) aborts the request."""
         self.check_request(prompt_token_ids, adapter)
         queue: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = queue
         finished = False
+        num_unfinished = params.n
         try:
             await self.call(AddRequest(request_id, list(prompt_token_ids), params, adapter))
             while True:
@@ -89,7 +91,8 @@ class AsyncEngine:
                 if isinstance(out, BaseException):
                     raise out
                 yield out
-                if out.finished:
+                num_unfinished -= out.finished
+                if not num_unfinished:
                     finished = True
                     return
         finally:

@@ -7,7 +7,7 @@ import json
 import time
 import zlib
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lorafleet.errors import ConfigError, NotFoundError
@@ -16,26 +16,34 @@ from serve.engine.adapter_slots import AdapterSlots
 from serve.engine.block_manager import BlockManager
 from lorafleet.config import EngineConfig
 from serve.engine.detokenizer import IncrementalDetokenizer
+from serve.engine.logprobs import TokenLogprob
 from serve.engine.lora import LoraAdapter, load_peft_adapter
 from serve.engine.model_runner import EngineLayout, ModelRunner
 from serve.engine.sampling_params import SamplingParams
 from serve.engine.scheduler import Scheduler, SchedulerStats
 from serve.engine.sequence import Sequence, SeqStatus, SeqTimes
+from serve.engine.speculative import SpecStats, propose_ngram
+from serve.engine.structured import GrammarCache
 
 
 @dataclass(frozen=True, slots=True)
 class RequestOutput:
-    """What one step produced for one request. ``text``/``token_ids`` are the *new* pieces of this step."""
+    """What one step produced for one choice of a request. ``text``/``token_ids`` are the *new* pieces of this
+    step (several tokens when speculated drafts were accepted)."""
 
     request_id: str
     text: str
     token_ids: tuple[int, ...]
-    finished: bool
+    finished: bool  #: this choice finished (the request is done once all ``n`` choices are)
     finish_reason: str | None  #: "stop", "length" or "abort" once finished
     num_prompt_tokens: int
     num_output_tokens: int
     num_cached_tokens: int
     times: SeqTimes | None = None  #: set on the final output
+    index: int = 0  #: choice index, 0 .. n - 1
+    #: raw logprobs of the new tokens that are part of the text (not of a closing EOS / stop token id), when
+    #: the request asked for them
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +52,21 @@ class EngineStats:
     num_pending_adapter: int  #: requests waiting for a free LoRA slot
     resident_adapters: tuple[str, ...]
     registered_adapters: tuple[str, ...]
+    spec_decode: SpecStats = field(default_factory=SpecStats)  #: speculative-decoding counters (a snapshot)
+
+
+@dataclass(slots=True)
+class _Choice:
+    seq: Sequence
+    detok: IncrementalDetokenizer
 
 
 @dataclass(slots=True)
 class _Request:
-    seq: Sequence
-    detok: IncrementalDetokenizer
-    pending_ids: list[int] = field(default_factory=list)
+    request_id: str
+    choices: list[_Choice]
+    num_unfinished: int
+    holds_slot: bool = False  #: pins a LoRA slot (released when the last choice finishes)
 
 
 def check_prompt(prompt_token_ids: list[int], layout: EngineLayout) -> None:
@@ -75,9 +91,12 @@ class LLMEngine:
         self.block_manager = BlockManager(self.layout.num_kv_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.eos_token_ids = self._eos_ids()
+        self.grammars = GrammarCache(self.tokenizer, self.layout.vocab_size, self.eos_token_ids)
+        self.spec_stats = SpecStats()
         self.adapters: dict[str, LoraAdapter] = {}
         self.slots = AdapterSlots(cfg.max_loras)
         self._requests: dict[str, _Request] = {}
+        self._choices: dict[str, tuple[_Request, _Choice]] = {}  # by sequence id
         self._waiting_for_slot: deque[Sequence] = deque()
 
     def _eos_ids(self) -> frozenset[int]:
@@ -98,37 +117,51 @@ class LLMEngine:
             raise NotFoundError(f"adapter '{adapter}' is not loaded")
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, adapter: str | None = None) -> None:
+        """Queue a request of ``params.n`` choices. Raises :class:`ConfigError` (bad prompt, duplicate id, a
+        grammar that cannot be compiled) or :class:`NotFoundError` (unknown adapter) without queuing it."""
         self.check_request(prompt_token_ids, adapter)
         if request_id in self._requests:
             raise ConfigError(f"request id '{request_id}' is already running")
-        seq = Sequence(
-            seq_id=request_id,
+        guides = [self.grammars.guide(params.structured) if params.structured else None for _ in range(params.n)]
+        seqs = [Sequence(
+            seq_id=request_id if i == 0 else f"{request_id}#{i}",
             prompt_token_ids=list(prompt_token_ids),
             params=params,
             adapter=adapter,
             adapter_key=zlib.crc32(adapter.encode()) + 1 if adapter else 0,
             max_len=min(self.layout.max_model_len, len(prompt_token_ids) + params.max_tokens),
-        )
-        detok = IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids, params.stop, params.skip_special_tokens)
-        self._requests[request_id] = _Request(seq, detok)
-        if adapter is None or self._acquire_slot(seq):
-            self.scheduler.add(seq)
+            request_id=request_id,
+            index=i,
+            guide=guides[i],
+        ) for i in range(params.n)]
+        first = seqs[0]
+        first.forks = seqs[1:]  # they start from its computed prompt (shared KV blocks)
+        choices = [_Choice(seq, IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids, params.stop,
+                                                       params.skip_special_tokens)) for seq in seqs]
+        req = _Request(request_id, choices, len(choices))
+        self._requests[request_id] = req
+        self._choices.update((c.seq.seq_id, (req, c)) for c in choices)
+        if adapter is None or self._acquire_slot(req):
+            self.scheduler.add(first)
         else:
-            self._waiting_for_slot.append(seq)
+            self._waiting_for_slot.append(first)
 
     def abort(self, request_id: str) -> bool:
-        """Cancel a request. Returns whether it was known."""
+        """Cancel a request (all its choices). Returns whether it was known."""
         req = self._requests.pop(request_id, None)
         if req is None:
             return False
-        seq = req.seq
-        if seq in self._waiting_for_slot:
-            self._waiting_for_slot.remove(seq)
-        else:
-            self.scheduler.abort(request_id)
-            self._release_slot(seq)
-        seq.status = SeqStatus.FINISHED_ABORTED
-        self.runner.release(request_id)
+        for choice in req.choices:
+            seq = choice.seq
+            if seq in self._waiting_for_slot:
+                self._waiting_for_slot.remove(seq)
+            elif not seq.is_finished:
+                self.scheduler.abort(seq.seq_id)  # unknown there (None) while it waits in its parent's forks
+            seq.forks = []
+            seq.status = SeqStatus.FINISHED_ABORTED
+            self.runner.release(seq.seq_id)
+            self._choices.pop(seq.seq_id, None)
+        self._release_slot(req)
         return True
 
     @property
@@ -154,7 +187,7 @@ class LLMEngine:
         """Forget an adapter. Returns ``False`` (and keeps it) while requests use it."""
         if name not in self.adapters:
             raise NotFoundError(f"adapter '{name}' is not loaded")
-        if any(r.seq.adapter == name for r in self._requests.values()):
+        if any(r.choices[0].seq.adapter == name for r in self._requests.values()):
             return False
         slot = self.slots.evict(name)
         if slot is not None:
@@ -162,74 +195,120 @@ class LLMEngine:
         del self.adapters[name]
         return True
 
-    def _acquire_slot(self, seq: Sequence) -> bool:
-        got = self.slots.try_acquire(seq.adapter)
+    def _acquire_slot(self, req: _Request) -> bool:
+        adapter = req.choices[0].seq.adapter
+        got = self.slots.try_acquire(adapter)
         if got is None:
             return False
         if got.needs_load:
-            self.runner.set_adapter_slot(got.slot, self.adapters[seq.adapter])
-        seq.lora_slot = got.slot
+            self.runner.set_adapter_slot(got.slot, self.adapters[adapter])
+        for choice in req.choices:
+            choice.seq.lora_slot = got.slot
+        req.holds_slot = True
         return True
 
-    def _release_slot(self, seq: Sequence) -> None:
-        if seq.adapter is not None and seq.lora_slot >= 0:
-            self.slots.release(seq.adapter)
-            seq.lora_slot = -1
+    def _release_slot(self, req: _Request) -> None:
+        if req.holds_slot:
+            self.slots.release(req.choices[0].seq.adapter)
+            req.holds_slot = False
+            for choice in req.choices:
+                choice.seq.lora_slot = -1
 
     # -- the step ---------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Run one scheduler decision + forward pass; return outputs of requests that progressed."""
-        while self._waiting_for_slot and self._acquire_slot(self._waiting_for_slot[0]):
+        """Run one scheduler decision + forward pass; return outputs of choices that progressed."""
+        while self._waiting_for_slot and self._acquire_slot(self._choices[self._waiting_for_slot[0].seq_id][0]):
             self.scheduler.add(self._waiting_for_slot.popleft())
+        self._propose_drafts()
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
         result = self.runner.execute(sched)
-        self.scheduler.commit(sched)
-        now = time.monotonic()
-        outputs = []
+        accepted = {it.seq.seq_id: len(result.sampled.get(it.seq.seq_id, ())) - 1
+                    for it in sched.scheduled if it.num_draft_tokens}
+        self.scheduler.commit(sched, accepted)
+        progressed: list[Sequence] = []
         for item in sched.scheduled:
-            token = result.sampled.get(item.seq.seq_id)
-            if token is not None:
-                outputs.append(self._append_token(self._requests[item.seq.seq_id], token, now))
-        return outputs
+            seq = item.seq
+            if item.num_draft_tokens:
+                self.spec_stats.record(item.num_draft_tokens, accepted[seq.seq_id])
+            seq.draft_token_ids = []
+            if seq.seq_id in result.sampled:
+                progressed.append(seq)
+                if seq.forks:  # its prompt is computed: the other choices start from its blocks
+                    forks, seq.forks = seq.forks, []
+                    self.scheduler.fork(seq, forks)
+                    progressed.extend(forks)
+        now = time.monotonic()
+        return [self._append_tokens(seq, result.sampled[seq.seq_id], result.logprobs.get(seq.seq_id), now)
+                for seq in progressed]
 
-    def _append_token(self, req: _Request, token: int, now: float) -> RequestOutput:
-        seq, params = req.seq, req.seq.params
-        seq.token_ids.append(token)
+    def _num_speculative_tokens(self, seq: Sequence) -> int:
+        """Draft tokens ``seq`` may verify next step: its request's setting (else the engine default), capped
+        so that accepted drafts plus the bonus token never pass max_tokens or the context length."""
+        p = seq.params
+        k = self.cfg.num_speculative_tokens if p.num_speculative_tokens is None else p.num_speculative_tokens
+        room = min(p.max_tokens - seq.num_output_tokens, seq.max_len - seq.num_tokens) - 1
+        return max(0, min(k, room))
+
+    def _propose_drafts(self) -> None:
+        """Prompt-lookup drafts for running decodes that speculate (not constrained ones: the grammar state
+        would have to be rolled back on rejection)."""
+        for seq in self.scheduler.running:
+            k = self._num_speculative_tokens(seq) if seq.guide is None and seq.num_uncomputed_tokens == 1 else 0
+            seq.draft_token_ids = propose_ngram(seq.token_ids, k, self.cfg.prompt_lookup_max,
+                                                self.cfg.prompt_lookup_min) if k else []
+
+    def _append_tokens(self, seq: Sequence, tokens: list[int], logprobs: list[TokenLogprob] | None,
+                       now: float) -> RequestOutput:
+        """Append a step's tokens to ``seq``, stopping at the first one that ends it (later ones are dropped)."""
+        req, choice = self._choices[seq.seq_id]
+        params = seq.params
         seq.times.first_token = seq.times.first_token or now
         seq.times.last_token = now
-        status = None
-        if token in params.stop_token_ids or (token in self.eos_token_ids and not params.ignore_eos):
-            status = SeqStatus.FINISHED_STOPPED
-            text = ""
-        else:
-            text = req.detok.add(token)
-            if req.detok.stopped:
+        status, text, kept = None, "", []
+        for j, token in enumerate(tokens):
+            seq.token_ids.append(token)
+            if seq.guide is not None:
+                seq.guide.accept(token)
+            if token in params.stop_token_ids or (token in self.eos_token_ids and not params.ignore_eos):
                 status = SeqStatus.FINISHED_STOPPED
-        if status is None and (seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= seq.max_len):
-            status = SeqStatus.FINISHED_LENGTH_CAPPED
+            else:
+                kept.append(j)
+                text += choice.detok.add(token)
+                if choice.detok.stopped or (seq.guide is not None and seq.guide.is_terminated):
+                    status = SeqStatus.FINISHED_STOPPED
+            if status is None and (seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= seq.max_len):
+                status = SeqStatus.FINISHED_LENGTH_CAPPED
+            if status is not None:
+                break
+        appended = tuple(tokens[:j + 1])
         if status is not None:
-            text += req.detok.flush()
-            self._finish(seq, status, now)
+            text += choice.detok.flush()
+            self._finish(req, seq, status, now)
         return RequestOutput(
-            request_id=seq.seq_id,
+            request_id=req.request_id,
             text=text,
-            token_ids=(token,),
+            token_ids=appended,
             finished=status is not None,
             finish_reason=status.finish_reason if status else None,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_output_tokens=seq.num_output_tokens,
             num_cached_tokens=seq.num_cached_tokens,
             times=seq.times if status else None,
+            index=seq.index,
+            logprobs=tuple(logprobs[k] for k in kept) if logprobs is not None else None,
         )
 
-    def _finish(self, seq: Sequence, status: SeqStatus, now: float) -> None:
+    def _finish(self, req: _Request, seq: Sequence, status: SeqStatus, now: float) -> None:
         seq.times.finished = now
         self.scheduler.finish(seq, status)
-        self._release_slot(seq)
         self.runner.release(seq.seq_id)
-        del self._requests[seq.seq_id]
+        del self._choices[seq.seq_id]
+        req.num_unfinished -= 1
+        if req.num_unfinished == 0:
+            self._release_slot(req)
+            del self._requests[req.request_id]
 
     def stats(self) -> EngineStats:
         return EngineStats(
@@ -237,13 +316,17 @@ class LLMEngine:
             num_pending_adapter=len(self._waiting_for_slot),
             resident_adapters=tuple(self.slots.resident),
             registered_adapters=tuple(self.adapters),
+            spec_decode=replace(self.spec_stats),
         )
 
     # -- offline use ------------------------------------------------------------------------------------
     def generate(
         self, prompts: list[list[int]], params: SamplingParams, adapters: list[str | None] | None = None
     ) -> list[list[int]]:
-        """Run prompts (token ids) to completion together; return each one's output token ids."""
+        """Run prompts (token ids) to completion together; return each one's output token ids (``params.n``
+        must be 1; use :meth:`add_request` and :meth:`step` for several choices)."""
+        if params.n != 1:
+            raise ConfigError("generate() returns one output per prompt; n must be 1")
         adapters = adapters or [None] * len(prompts)
         ids = [f"offline-{time.monotonic_ns()}-{i}" for i in range(len(prompts))]
         results: dict[str, list[int]] = {i: [] for i in ids}
