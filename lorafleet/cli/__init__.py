@@ -112,6 +112,9 @@ def serve(
     max_lora_rank: int = opt(EngineConfig, "max_lora_rank"),
     num_threads: Optional[int] = opt(EngineConfig, "num_threads"),
     seed: int = opt(EngineConfig, "seed"),
+    num_speculative_tokens: int = opt(EngineConfig, "num_speculative_tokens"),
+    prompt_lookup_max: int = opt(EngineConfig, "prompt_lookup_max"),
+    prompt_lookup_min: int = opt(EngineConfig, "prompt_lookup_min"),
     log_level: str = opt(ServerConfig, "log_level"),
 ) -> None:
     """Serve a model with the embedded engine behind an OpenAI-compatible API."""
@@ -126,7 +129,9 @@ def serve(
                        kv_cache_dtype=kv_cache_dtype,
                        num_kv_blocks=num_kv_blocks, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                        max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching, max_loras=max_loras,
-                       max_lora_rank=max_lora_rank, num_threads=num_threads, seed=seed)
+                       max_lora_rank=max_lora_rank, num_threads=num_threads, seed=seed,
+                       num_speculative_tokens=num_speculative_tokens, prompt_lookup_max=prompt_lookup_max,
+                       prompt_lookup_min=prompt_lookup_min)
     server_cfg = build(ServerConfig, host=host, port=port, served_model_name=served_model_name,
                        lora_modules=tuple(modules), log_level=log_level)
     call("serve.server.main:run", engine_cfg, server_cfg)

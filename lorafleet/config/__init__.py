@@ -58,9 +58,19 @@ class EngineConfig:
     max_lora_rank: int = field(default=16, metadata={"help": "Largest LoRA rank accepted; adapter slots are this wide."})
     num_threads: int | None = field(default=None, metadata={"help": "torch intra-op threads on CPU (default: all cores)."})
     seed: int = field(default=0, metadata={"help": "Seed of the sampler for requests without their own seed."})
+    num_speculative_tokens: int = field(default=0, metadata={
+        "help": "Prompt-lookup (n-gram) speculative decoding: draft tokens verified per step by default; 0 is off. "
+                "A request overrides it with `num_speculative_tokens`."})
+    prompt_lookup_max: int = field(default=4, metadata={"help": "Longest n-gram the prompt-lookup proposer matches."})
+    prompt_lookup_min: int = field(default=2, metadata={"help": "Shortest n-gram the prompt-lookup proposer matches."})
 
     def __post_init__(self) -> None:
         problems = []
+        if not 0 <= self.num_speculative_tokens <= 16:
+            problems.append(f"num_speculative_tokens must be in [0, 16], got {self.num_speculative_tokens}")
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            problems.append(f"prompt lookup n-gram sizes must satisfy 1 <= min <= max, got min {self.prompt_lookup_min}, "
+                            f"max {self.prompt_lookup_max}")
         if self.dtype not in ENGINE_DTYPES:
             problems.append(f"dtype must be one of {ENGINE_DTYPES}, got '{self.dtype}'")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
