@@ -50,6 +50,7 @@ def fresh_venv(build_context: Path, tmp_path_factory) -> Path:
     not affordable here, and what can break between the two installs is lorafleet's own packaging."""
     root = tmp_path_factory.mktemp("image")
     dist = root / "dist"
+    # No build isolation: the project venv's setuptools (>= 77, which torch requires) builds wheels on its own.
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist),
                     str(build_context)], check=True, cwd=root)
     venv = root / "venv"
