@@ -154,6 +154,7 @@ def test_pruned_checkpoint_loads_in_hf_and_the_engine_alike(kind, base_model_pat
     assert math.isfinite(ref) and ref < 6  # damaged, not destroyed (the base is ~2.3)
 
 
+@pytest.mark.timeout(1800)  # two train subprocesses (sft, merge), each loading torch and the model
 def test_healing_runs_train_and_merge(base_model_path, work, window) -> None:
     from optimize.prune import run
 
