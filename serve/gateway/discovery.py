@@ -102,7 +102,8 @@ def parse_discovery(raw: Any, problems: list[str]) -> tuple[DiscoverySpec, ...]:
             continue
         own = {k: entry[k] for k in OWN_KEYS if k in entry}
         missing = [k for k in ("name", "service", "port", "kind", "base_model") if k not in entry]
-        known = set(OWN_KEYS) | {f.name for f in dataclasses.fields(BackendSpec)} - {"url"}
+        # Not url (each replica has its own) nor an in-process engine (discovered replicas run elsewhere).
+        known = set(OWN_KEYS) | {f.name for f in dataclasses.fields(BackendSpec)} - {"url", "engine", "engine_loop"}
         unknown = sorted(set(entry) - known)
         if missing or unknown:
             problems.append(f"{where}: " + "; ".join(

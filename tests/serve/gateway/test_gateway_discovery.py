@@ -41,7 +41,8 @@ def test_every_problem_of_every_entry_is_listed() -> None:
     bad = [{"name": "a", "service": "x/y", "port": 0, "kind": "nope", "base_model": "b"},
            {"name": "b", "service": "e", "port": "80", "kind": "vllm", "base_model": "b", "interval_s": 0},
            {"name": "c", "service": "e", "port": 1, "kind": "embedded", "base_model": "b", "launch_args": ["--x"]},
-           {"service": "e", "colour": "red"}, "engine", {**ENTRY, "name": "d"}, {**ENTRY, "name": "d"}]
+           {"service": "e", "colour": "red"}, "engine", {**ENTRY, "name": "d"}, {**ENTRY, "name": "d"},
+           {**ENTRY, "name": "e", "engine": {"model": "x"}}]
     with pytest.raises(ConfigError) as e:
         parse_config({"discovery": bad})
     text = str(e.value)
@@ -49,7 +50,7 @@ def test_every_problem_of_every_entry_is_listed() -> None:
                    "kind must be one of", "discovery[1]: port must be an integer in 1..65535, got '80'",
                    "interval_s must be a positive number", "discovery[2]:", "launch_args",
                    "discovery[3]: missing key(s) ['name', 'port', 'kind', 'base_model']; unknown key(s) ['colour']",
-                   "discovery[4]: expected a mapping", "duplicate names ['d']"):
+                   "discovery[4]: expected a mapping", "duplicate names ['d']", "discovery[7]: unknown key(s) ['engine']"):
         assert needle in text, (needle, text)
     with pytest.raises(ConfigError, match="at least one backend"):
         parse_config({"discovery": []})
