@@ -75,7 +75,7 @@ def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return out
 
 
-def small_run_args(data: Path, output: Path, *extra: str) -> list[str]:
-    """Flags of the small CPU runs: rank 8, short steps, one thread, no checkpoints unless asked."""
-    return ["--data", str(data), "--output", str(output), "--rank", "8", "--num-threads", THREADS, "--save-every", "0",
-            *extra]
+def small_run_args(data: Path, output: Path, *extra: str, save_every: int = 0) -> list[str]:
+    """Flags of the small CPU runs: rank 8, the suite's thread count, no checkpoints unless asked."""
+    return ["--data", str(data), "--output", str(output), "--rank", "8", "--num-threads", THREADS,
+            "--save-every", str(save_every), *extra]
