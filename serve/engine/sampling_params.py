@@ -20,12 +20,13 @@ STRUCTURED_KINDS = ("json_object", "json_schema")
 class StructuredOutput:
     """A grammar the output must follow: any JSON object, or JSON valid under ``schema``.
 
-    ``schema`` is the JSON Schema as canonical JSON text (sorted keys, compact), so equal schemas hash equally
-    and the compiled grammar is shared (see :mod:`serve.engine.structured`).
+    ``schema`` is the JSON Schema as compact JSON text, so equal schemas hash equally and share one compiled
+    grammar (see :mod:`serve.engine.structured`). Keys keep their order: the grammar generates properties in
+    the order the schema lists them.
     """
 
     kind: str  #: "json_object" or "json_schema"
-    schema: str = ""  #: canonical JSON text of the schema ("" for json_object)
+    schema: str = ""  #: compact JSON text of the schema ("" for json_object)
 
     def __post_init__(self) -> None:
         if self.kind not in STRUCTURED_KINDS:
@@ -35,8 +36,8 @@ class StructuredOutput:
 
     @classmethod
     def json_schema(cls, schema: dict | bool) -> "StructuredOutput":
-        """From a parsed JSON Schema (canonicalized here)."""
-        return cls("json_schema", json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+        """From a parsed JSON Schema (serialized compactly here)."""
+        return cls("json_schema", json.dumps(schema, separators=(",", ":"), ensure_ascii=False))
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ share the batch. Once a guide's grammar is complete it allows only the stop toke
 parses. Whitespace between JSON tokens is fixed (``any_whitespace=False``): a small model cannot run into
 max_tokens emitting blank lines.
 
-Grammars are compiled once per distinct schema (the key is a SHA-256 of the canonical schema text) and kept
+Grammars are compiled once per distinct schema (the key is a SHA-256 of the compact schema text) and kept
 in an LRU cache (:class:`GrammarCache`); a schema xgrammar cannot handle is a :class:`ConfigError` naming
 the problem (HTTP 400).
 """
@@ -34,7 +34,7 @@ _LOG_PREFIX = re.compile(r"^\[[0-9:]+\] [^:]+:\d+: ")
 
 
 def schema_key(spec: StructuredOutput) -> str:
-    """Cache key of a grammar: SHA-256 of its kind and canonical schema text."""
+    """Cache key of a grammar: SHA-256 of its kind and compact schema text."""
     return hashlib.sha256(f"{spec.kind}\0{spec.schema}".encode()).hexdigest()
 
 

@@ -1,5 +1,6 @@
-"""FastAPI app of the embedded engine: OpenAI completions/chat (streaming or not), models, adapters,
-health and Prometheus metrics. Built by :func:`build_app` around an already-loaded engine."""
+"""FastAPI app of the embedded engine: OpenAI completions/chat (streaming or not; ``n`` choices, logprobs,
+structured ``response_format``, tool calls), models, adapters, health and Prometheus metrics. Built by
+:func:`build_app` around an already-loaded engine."""
 
 from __future__ import annotations
 
@@ -10,34 +11,25 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from lorafleet.chat import chat_token_ids
-from lorafleet.errors import ConfigError, LorafleetError, NotFoundError
-from serve.engine.async_engine import AsyncEngine
-from serve.engine.engine import RequestOutput
-from serve.engine.sampling_params import SamplingParams
 from lorafleet.config import ServerConfig
+from lorafleet.errors import LorafleetError, NotFoundError
+from serve.engine.async_engine import AsyncEngine
+from serve.engine.sampling_params import SamplingParams
+from serve.server.chat_deltas import ChoiceDeltas
 from serve.server.errors import HTTPError, error_body, install_error_handlers, status_of
+from serve.server.generation import PromptRun, merged, run_all
+from serve.server.logprobs_format import TokenStrings, chat_logprobs, completion_logprobs
 from serve.server.metrics import ServerMetrics
 from serve.server.protocol import ChatCompletionRequest, CompletionRequest, LoadLoraAdapterRequest, UnloadLoraAdapterRequest
-
-
-@dataclass(slots=True)
-class _Choice:
-    """Accumulated result of one prompt (non-streaming) or the running state of one stream."""
-
-    text: str = ""
-    finish_reason: str | None = None
-    num_prompt_tokens: int = 0
-    num_output_tokens: int = 0
-    num_cached_tokens: int = 0
-    token_ids: list[int] = field(default_factory=list)
+from serve.server.response_format import structured_output
+from serve.server.tools import ToolPlan, finish_reason, parse_tool_calls, plan_tools, prompt_token_ids
+from serve.server.translate import prompt_ids, reject_unsupported, sampling_params, usage
 
 
 def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
@@ -47,6 +39,7 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
     metrics = ServerMetrics(model_name, engine.stats, engine.layout.block_size, engine.layout.num_kv_blocks,
                             engine.engine_cfg.enable_prefix_caching)
     created = int(time.time())
+    strings = TokenStrings(engine.tokenizer)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -78,45 +71,56 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, raw: Request):
-        _reject_unsupported(req)
-        if req.echo or req.suffix:
-            raise HTTPError(400, "echo and suffix are not supported", "echo" if req.echo else "suffix")
+        reject_unsupported(req)
         adapter = adapter_for(req.model)
-        prompts = _prompt_ids(engine, req.prompt)
-        params = _sampling_params(req, req.max_tokens, prompts, engine.layout.max_model_len)
+        prompts = prompt_ids(engine, req.prompt)
+        params = sampling_params(req, req.max_tokens, prompts, engine.layout.max_model_len,
+                                 structured_output(req.response_format))
         rid = f"cmpl-{uuid.uuid4().hex}"
         for p in prompts:
             engine.check_request(p, adapter)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse(_stream(engine, metrics, rid, prompts, params, adapter, req.model, False, include_usage))
-        choices = await _until_disconnect(raw, _run_all(engine, metrics, rid, prompts, params, adapter))
+            return _sse(_stream_completion(engine, metrics, strings, rid, prompts, params, adapter, req.model, include_usage))
+        runs = await _until_disconnect(raw, run_all(engine, metrics, rid, prompts, params, adapter))
+        choices = [{"index": i * params.n + j, "text": c.text, "finish_reason": c.finish_reason,
+                    "logprobs": completion_logprobs(strings, c.logprobs) if params.logprobs is not None else None}
+                   for i, run in enumerate(runs) for j, c in enumerate(run.choices)]
         return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": req.model,
-                "choices": [{"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
-                            for i, c in enumerate(choices)],
-                "usage": _usage(choices)}
+                "choices": choices, "usage": usage([r.usage for r in runs])}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, raw: Request):
-        _reject_unsupported(req)
-        if req.tools or (req.response_format and req.response_format.get("type") != "text"):
-            raise HTTPError(400, "tools and structured response_format are not supported yet",
-                            "tools" if req.tools else "response_format")
+        reject_unsupported(req)
+        plan = plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls)
+        structured = structured_output(req.response_format)
+        if plan is not None and plan.structured is not None:
+            if structured is not None:
+                raise HTTPError(400, f"response_format cannot be combined with tool_choice '{plan.mode}'", "response_format")
+            structured = plan.structured
         adapter = adapter_for(req.model)
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
-        prompt = chat_token_ids(engine.tokenizer, messages, req.add_generation_prompt)
+        prompt = prompt_token_ids(engine.tokenizer, messages, plan, req.add_generation_prompt)
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        params = _sampling_params(req, max_tokens, [prompt], engine.layout.max_model_len)
+        params = sampling_params(req, max_tokens, [prompt], engine.layout.max_model_len, structured)
         engine.check_request(prompt, adapter)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse(_stream(engine, metrics, rid, [prompt], params, adapter, req.model, True, include_usage))
-        (c,) = await _until_disconnect(raw, _run_all(engine, metrics, rid, [prompt], params, adapter))
+            return _sse(_stream_chat(engine, metrics, strings, rid, prompt, params, adapter, req.model, include_usage, plan))
+        (run,) = await _until_disconnect(raw, run_all(engine, metrics, rid, [prompt], params, adapter))
+        choices = []
+        for j, c in enumerate(run.choices):
+            message: dict = {"role": "assistant", "content": c.text}
+            calls = []
+            if plan is not None:
+                message["content"], calls = parse_tool_calls(c.text, plan)
+                if calls:
+                    message["tool_calls"] = calls
+            choices.append({"index": j, "message": message, "finish_reason": finish_reason(c.finish_reason, plan, bool(calls)),
+                            "logprobs": chat_logprobs(strings, c.logprobs) if params.logprobs is not None else None})
         return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": req.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
-                             "finish_reason": c.finish_reason}],
-                "usage": _usage([c])}
+                "choices": choices, "usage": usage([run.usage])}
 
     # -- adapters (same JSON as vLLM's runtime LoRA endpoints) -------------------------------------------
     @app.post("/v1/load_lora_adapter")
@@ -173,100 +177,7 @@ class _CountErrors:
         await self.app(scope, receive, send_counting)
 
 
-# -- request translation -----------------------------------------------------------------------------------
-def _reject_unsupported(req) -> None:
-    if req.n != 1:
-        raise HTTPError(400, "n must be 1", "n")
-    if req.logprobs not in (None, False, 0):
-        raise HTTPError(400, "logprobs are not supported yet", "logprobs")
-    if req.presence_penalty or req.frequency_penalty:
-        raise HTTPError(400, "presence_penalty and frequency_penalty are not supported", "presence_penalty")
-
-
-def _prompt_ids(engine: AsyncEngine, prompt) -> list[list[int]]:
-    if isinstance(prompt, str):
-        prompt = [prompt]
-    elif prompt and isinstance(prompt[0], int):
-        prompt = [prompt]
-    if not prompt:
-        raise HTTPError(400, "prompt must not be empty", "prompt")
-    return [engine.tokenizer(p).input_ids if isinstance(p, str) else list(p) for p in prompt]
-
-
-def _sampling_params(req, max_tokens: int | None, prompts: list[list[int]], max_model_len: int) -> SamplingParams:
-    longest = max(len(p) for p in prompts)
-    if longest >= max_model_len:
-        raise HTTPError(400, f"This model's maximum context length is {max_model_len} tokens, but the prompt has "
-                             f"{longest} tokens.", "prompt")
-    if max_tokens is None:
-        max_tokens = max_model_len - longest
-    elif longest + max_tokens > max_model_len:
-        raise HTTPError(400, f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-                             f"{longest + max_tokens} tokens ({longest} in the prompt, {max_tokens} for the completion).",
-                        "max_tokens")
-    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-    try:
-        return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
-                              seed=req.seed, stop=stop, stop_token_ids=tuple(req.stop_token_ids or ()),
-                              ignore_eos=req.ignore_eos, skip_special_tokens=req.skip_special_tokens)
-    except ConfigError as e:
-        raise HTTPError(400, str(e), str(e).split(" ", 1)[0]) from None
-
-
-def _usage(choices: list[_Choice]) -> dict:
-    prompt = sum(c.num_prompt_tokens for c in choices)
-    completion = sum(c.num_output_tokens for c in choices)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": sum(c.num_cached_tokens for c in choices)}}
-
-
 # -- running requests ----------------------------------------------------------------------------------------
-async def _one(engine: AsyncEngine, metrics: ServerMetrics, rid: str, prompt: list[int], params: SamplingParams,
-               adapter: str | None) -> AsyncIterator[tuple[RequestOutput, _Choice]]:
-    """Run one prompt, observing latency metrics, and yield each output with the updated choice state."""
-    start = time.monotonic()
-    last = None
-    state = _Choice()
-    async for out in engine.generate(rid, prompt, params, adapter):
-        now = time.monotonic()
-        if last is None:
-            metrics.labels(metrics.ttft).observe(now - start)
-        else:
-            metrics.labels(metrics.itl).observe(now - last)
-        last = now
-        state.text += out.text
-        state.token_ids.extend(out.token_ids)
-        state.num_prompt_tokens, state.num_output_tokens = out.num_prompt_tokens, out.num_output_tokens
-        state.num_cached_tokens = out.num_cached_tokens
-        if out.finished:
-            state.finish_reason = out.finish_reason
-            _observe_finish(metrics, out, start, now)
-        yield out, state
-
-
-def _observe_finish(metrics: ServerMetrics, out: RequestOutput, start: float, now: float) -> None:
-    m = metrics
-    m.labels(m.e2e).observe(now - start)
-    t = out.times
-    if t is not None and t.first_scheduled is not None:
-        m.labels(m.queue).observe(max(0.0, t.first_scheduled - t.arrival))
-    if t is not None and out.num_output_tokens > 1 and t.first_token is not None and t.last_token is not None:
-        m.labels(m.tpot).observe((t.last_token - t.first_token) / (out.num_output_tokens - 1))
-    m.labels(m.prompt_tokens).inc(out.num_prompt_tokens)
-    m.labels(m.generation_tokens).inc(out.num_output_tokens)
-    m.success.labels(model_name=m.model_name, finished_reason=out.finish_reason or "abort").inc()
-
-
-async def _run_all(engine, metrics, rid, prompts, params, adapter) -> list[_Choice]:
-    async def run(i: int, prompt: list[int]) -> _Choice:
-        state = _Choice()
-        async for _, state in _one(engine, metrics, f"{rid}-{i}", prompt, params, adapter):
-            pass
-        return state
-
-    return list(await asyncio.gather(*(run(i, p) for i, p in enumerate(prompts))))
-
-
 async def _until_disconnect(raw: Request, coro):
     """Await ``coro``, cancelling it (and so aborting its engine requests) if the client disconnects."""
     task = asyncio.ensure_future(coro)
@@ -283,69 +194,71 @@ def _sse(gen: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(gen, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _merged(engine, metrics, rid, prompts, params, adapter, states: list[_Choice]):
-    """``(choice index, output or exception)`` from every prompt as they come. One prompt (the usual case) is
-    iterated directly; several run as tasks feeding one queue, cancelled (so aborted) when the caller stops."""
-    if len(prompts) == 1:
-        try:
-            async for out, states[0] in _one(engine, metrics, f"{rid}-0", prompts[0], params, adapter):
-                yield 0, out
-        except Exception as e:  # surfaced as an SSE error event
-            yield 0, e
-        return
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def pump(i: int, prompt: list[int]) -> None:
-        try:
-            async for out, states[i] in _one(engine, metrics, f"{rid}-{i}", prompt, params, adapter):
-                await queue.put((i, out))
-        except Exception as e:
-            await queue.put((i, e))
-        finally:
-            await queue.put((i, None))
-
-    tasks = [asyncio.create_task(pump(i, p)) for i, p in enumerate(prompts)]
-    try:
-        remaining = len(prompts)
-        while remaining:
-            i, item = await queue.get()
-            if item is None:
-                remaining -= 1
-            else:
-                yield i, item
-    finally:
-        for t in tasks:
-            t.cancel()
-
-
 def _event(obj: dict) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
 
 
-async def _stream(engine, metrics, rid, prompts, params, adapter, model, is_chat, include_usage) -> AsyncIterator[str]:
+def _chunker(rid: str, kind: str, model: str, include_usage: bool):
     created = int(time.time())
-    kind = "chat.completion.chunk" if is_chat else "text_completion"
 
-    def chunk(choices: list[dict], usage: dict | None = None) -> str:
+    def chunk(choices: list[dict], usage_block: dict | None = None) -> str:
         body = {"id": rid, "object": kind, "created": created, "model": model, "choices": choices}
         if include_usage:
-            body["usage"] = usage
+            body["usage"] = usage_block
         return _event(body)
 
-    states: list[_Choice] = [_Choice() for _ in prompts]
-    if is_chat:
-        yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
-    async with contextlib.aclosing(_merged(engine, metrics, rid, prompts, params, adapter, states)) as items:
+    return chunk
+
+
+def _error_event(e: Exception) -> str:
+    status = status_of(e) if isinstance(e, LorafleetError) else 500
+    return _event(error_body(status, str(e) or type(e).__name__))
+
+
+async def _stream_completion(engine, metrics, strings: TokenStrings, rid, prompts, params: SamplingParams, adapter, model,
+                             include_usage) -> AsyncIterator[str]:
+    chunk = _chunker(rid, "text_completion", model, include_usage)
+    runs = [PromptRun.empty(params.n) for _ in prompts]
+    async with contextlib.aclosing(merged(engine, metrics, rid, prompts, params, adapter, runs)) as items:
         async for i, item in items:
             if isinstance(item, Exception):
-                status = status_of(item) if isinstance(item, LorafleetError) else 500
-                yield _event(error_body(status, str(item) or type(item).__name__))
+                yield _error_event(item)
                 return
-            if not item.text and not item.finished:
+            if not item.text and not item.finished and not item.logprobs:
                 continue
-            delta = {"delta": {"content": item.text}} if is_chat else {"text": item.text}
-            yield chunk([{"index": i, **delta, "logprobs": None, "finish_reason": item.finish_reason}])
+            lp = None
+            if params.logprobs is not None:
+                offset = len(runs[i].choices[item.index].text) - len(item.text)
+                lp = completion_logprobs(strings, list(item.logprobs or ()), offset)
+            yield chunk([{"index": i * params.n + item.index, "text": item.text, "logprobs": lp,
+                          "finish_reason": item.finish_reason}])
     if include_usage:
-        yield chunk([], _usage(states))
+        yield chunk([], usage([r.usage for r in runs]))
     yield "data: [DONE]\n\n"
 
+
+async def _stream_chat(engine, metrics, strings: TokenStrings, rid, prompt, params: SamplingParams, adapter, model,
+                       include_usage, plan: ToolPlan | None) -> AsyncIterator[str]:
+    chunk = _chunker(rid, "chat.completion.chunk", model, include_usage)
+    run = PromptRun.empty(params.n)
+    deltas = [ChoiceDeltas(plan) for _ in range(params.n)]
+    for j in range(params.n):
+        yield chunk([{"index": j, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
+    async with contextlib.aclosing(merged(engine, metrics, rid, [prompt], params, adapter, [run])) as items:
+        async for _, item in items:
+            if isinstance(item, Exception):
+                yield _error_event(item)
+                return
+            d = deltas[item.index]
+            out = d.feed(item.text, list(item.logprobs or ()))
+            reason = None
+            if item.finished:
+                out += d.finish()
+                reason = finish_reason(item.finish_reason, plan, d.has_tool_calls)
+                out = out or [({}, [])]
+            for k, (delta, lps) in enumerate(out):
+                yield chunk([{"index": item.index, "delta": delta, "finish_reason": reason if k == len(out) - 1 else None,
+                              "logprobs": chat_logprobs(strings, lps) if params.logprobs is not None else None}])
+    if include_usage:
+        yield chunk([], usage([run.usage]))
+    yield "data: [DONE]\n\n"

@@ -78,6 +78,16 @@ class _EngineCollector:
         yield counter("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", sch.prefix_query_tokens)
         yield counter("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache.", sch.prefix_hit_tokens)
         yield counter("vllm:num_preemptions", "Sequences preempted for lack of KV blocks.", sch.num_preemptions)
+        yield counter("lorafleet:computed_prompt_tokens", "Prompt tokens run through the model (prefill work; a prompt "
+                      "shared by n choices or served from the prefix cache counts once or not at all).",
+                      sch.num_computed_prompt_tokens)
+        spec = s.spec_decode
+        yield counter("vllm:spec_decode_num_drafts", "Speculative verification steps that carried draft tokens.",
+                      spec.num_drafts)
+        yield counter("vllm:spec_decode_num_draft_tokens", "Draft tokens proposed (prompt lookup) and verified.",
+                      spec.num_draft_tokens)
+        yield counter("vllm:spec_decode_num_accepted_tokens", "Draft tokens accepted by the target model.",
+                      spec.num_accepted_tokens)
         yield gauge("lorafleet:lora_resident_adapters", "Adapters resident in LoRA slots.", len(s.resident_adapters))
         info = GaugeMetricFamily("vllm:cache_config_info", "KV-cache configuration.",
                                  labels=["block_size", "num_gpu_blocks", "enable_prefix_caching"])

@@ -1,0 +1,81 @@
+"""OpenAI request bodies → engine inputs: prompt token ids and :class:`SamplingParams` (400 naming the
+field on bad values), and the usage block of responses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lorafleet.errors import ConfigError
+from serve.engine.async_engine import AsyncEngine
+from serve.engine.sampling_params import MAX_TOP_LOGPROBS, SamplingParams, StructuredOutput
+from serve.server.errors import HTTPError
+from serve.server.protocol import ChatCompletionRequest, CompletionRequest
+
+
+@dataclass(frozen=True, slots=True)
+class PromptUsage:
+    """Token counts of one prompt's engine request (all its choices)."""
+
+    num_prompt_tokens: int
+    num_cached_tokens: int
+    num_output_tokens: int  #: summed over the request's choices
+
+
+def reject_unsupported(req: CompletionRequest | ChatCompletionRequest) -> None:
+    if req.presence_penalty or req.frequency_penalty:
+        raise HTTPError(400, "presence_penalty and frequency_penalty are not supported", "presence_penalty")
+    if isinstance(req, CompletionRequest) and (req.echo or req.suffix):
+        raise HTTPError(400, "echo and suffix are not supported", "echo" if req.echo else "suffix")
+
+
+def prompt_ids(engine: AsyncEngine, prompt) -> list[list[int]]:
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    elif prompt and isinstance(prompt[0], int):
+        prompt = [prompt]
+    if not prompt:
+        raise HTTPError(400, "prompt must not be empty", "prompt")
+    return [engine.tokenizer(p).input_ids if isinstance(p, str) else list(p) for p in prompt]
+
+
+def requested_logprobs(req: CompletionRequest | ChatCompletionRequest) -> int | None:
+    """Top alternatives per token to return (None: no logprobs). Chat: ``logprobs`` + ``top_logprobs``;
+    completions: ``logprobs`` = k."""
+    if isinstance(req, CompletionRequest):
+        return req.logprobs
+    if req.top_logprobs is not None and not req.logprobs:
+        raise HTTPError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+    if req.top_logprobs is not None and not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise HTTPError(400, f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {req.top_logprobs}", "top_logprobs")
+    return (req.top_logprobs or 0) if req.logprobs else None
+
+
+def sampling_params(req: CompletionRequest | ChatCompletionRequest, max_tokens: int | None, prompts: list[list[int]],
+                    max_model_len: int, structured: StructuredOutput | None = None) -> SamplingParams:
+    longest = max(len(p) for p in prompts)
+    if longest >= max_model_len:
+        raise HTTPError(400, f"This model's maximum context length is {max_model_len} tokens, but the prompt has "
+                             f"{longest} tokens.", "prompt")
+    if max_tokens is None:
+        max_tokens = max_model_len - longest
+    elif longest + max_tokens > max_model_len:
+        raise HTTPError(400, f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+                             f"{longest + max_tokens} tokens ({longest} in the prompt, {max_tokens} for the completion).",
+                        "max_tokens")
+    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    try:
+        return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+                              seed=req.seed, stop=stop, stop_token_ids=tuple(req.stop_token_ids or ()),
+                              ignore_eos=req.ignore_eos, skip_special_tokens=req.skip_special_tokens, n=req.n,
+                              logprobs=requested_logprobs(req), structured=structured,
+                              num_speculative_tokens=req.num_speculative_tokens)
+    except ConfigError as e:
+        raise HTTPError(400, str(e), str(e).split(" ", 1)[0]) from None
+
+
+def usage(prompts: list[PromptUsage]) -> dict:
+    """OpenAI's usage block: each prompt counted once however many choices it has."""
+    prompt = sum(p.num_prompt_tokens for p in prompts)
+    completion = sum(p.num_output_tokens for p in prompts)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": sum(p.num_cached_tokens for p in prompts)}}
