@@ -136,7 +136,21 @@ def _expire(fut: asyncio.Future) -> None:
         fut.set_exception(TimeoutError())
 
 
-class HTTP1Response:
+class BodyReader:
+    """``read()`` for responses that have ``next_chunk()``."""
+
+    async def next_chunk(self) -> bytes | None:
+        raise NotImplementedError
+
+    async def read(self) -> bytes:
+        """The rest of the body."""
+        parts = []
+        while (chunk := await self.next_chunk()) is not None:
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+class HTTP1Response(BodyReader):
     """A response whose headers have arrived; the body is read chunk by chunk. Always :meth:`close` it."""
 
     def __init__(self, pool: HTTP1Pool, conn: _Connection, read_timeout_s: float) -> None:
@@ -155,12 +169,6 @@ class HTTP1Response:
                 raise conn.error
             await conn.wait(self._timeout_s)
         return conn.take_chunks()
-
-    async def read(self) -> bytes:
-        parts = []
-        while (chunk := await self.next_chunk()) is not None:
-            parts.append(chunk)
-        return b"".join(parts)
 
     def close(self) -> None:
         """Give the connection back if the response was read to the end, else close it (aborting the request)."""

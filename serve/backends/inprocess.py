@@ -18,10 +18,10 @@ from collections import deque
 
 from lorafleet.errors import BackendError
 from serve.backends.base import BackendSpec
-from serve.backends.http1 import ConnectionClosed
+from serve.backends.http1 import BodyReader, ConnectionClosed
 
 
-class ASGIResponse:
+class ASGIResponse(BodyReader):
     """The response of one in-process request, read like :class:`serve.backends.http1.HTTP1Response`."""
 
     def __init__(self, read_timeout_s: float) -> None:
@@ -69,12 +69,6 @@ class ASGIResponse:
         data = b"".join(self.chunks)
         self.chunks.clear()
         return data
-
-    async def read(self) -> bytes:
-        parts = []
-        while (chunk := await self.next_chunk()) is not None:
-            parts.append(chunk)
-        return b"".join(parts)
 
     def close(self) -> None:
         """Abandon an unfinished response: the app sees the client disconnect (the engine aborts)."""
