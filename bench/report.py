@@ -187,8 +187,11 @@ def plot_sweep(result: "SweepResult", path: Path) -> Path:
                 b = result.best
                 ax.scatter([getattr(getattr(b.summary, f"{metric}_ms"), stat)], [b.summary.output_tok_s], marker="*",
                            s=260, color="gold", edgecolors="black", zorder=5, label="best meeting SLO")
-        if limit:
+        largest = max((getattr(getattr(p.summary, f"{metric}_ms"), stat) or 0 for p in result.points), default=0)
+        if limit and limit.max_ms <= 2 * largest:
             ax.axvline(limit.max_ms, linestyle="--", color="tab:red", label=f"SLO {limit.key} {limit.max_ms:g} ms")
+        elif limit:  # a far-away limit would squeeze every point against the axis
+            ax.plot([], [], " ", label=f"SLO {limit.key} {limit.max_ms:g} ms (off scale)")
         ax.set(xlabel=f"{metric.upper()} {stat} (ms)", ylabel="output tokens/s", title=f"throughput vs {metric.upper()}")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
@@ -196,11 +199,28 @@ def plot_sweep(result: "SweepResult", path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_latency_vs_users(result: "SweepResult", path: Path) -> Path:
+    """TTFT and TPOT (p50 solid, p99 dashed) against concurrency, one colour per profile."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
+    profiles = list(dict.fromkeys(p.profile for p in result.points))
+    for ax, metric in zip(axes, ("ttft", "tpot")):
+        for i, profile in enumerate(profiles):
+            points = sorted((p for p in result.points if p.profile == profile), key=lambda p: p.users)
+            for stat, style in (("p50", "-"), ("p99", "--")):
+                ax.plot([p.users for p in points], [getattr(getattr(p.summary, f"{metric}_ms"), stat) or 0 for p in points],
+                        style, marker="o", color=f"C{i}", label=f"{profile or 'target'} {stat}")
+        ax.set(xlabel="concurrent users", ylabel="ms", title=f"{metric.upper()} vs concurrency")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def write_sweep_report(out: Path, result: "SweepResult") -> Path:
-    """``plots/sweep.png``, ``plots/ttft_vs_concurrency.png`` and ``report.html`` of a sweep."""
+    """``plots/sweep.png``, ``plots/latency_vs_users.png`` and ``report.html`` of a sweep."""
     images = [plot_sweep(result, out / "plots" / "sweep.png"),
-              plot_ttft_vs_concurrency([(p.users, p.summary.ttft_ms.p99 or 0) for p in result.points],
-                                       out / "plots" / "ttft_vs_concurrency.png", "TTFT p99 vs concurrency")]
+              plot_latency_vs_users(result, out / "plots" / "latency_vs_users.png")]
     rows = [[p.label, p.summary.output_tok_s, p.summary.req_s, p.summary.ttft_ms.p99, p.summary.tpot_ms.p99,
              p.summary.num_errors, "best" if p is result.best else ("met" if p.meets_slo else "; ".join(p.violations))]
             for p in result.points]
