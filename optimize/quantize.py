@@ -38,7 +38,7 @@ def run(cfg: QuantConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     with artifact.staged_dir(out) as tmp:
         if cfg.scheme in ("int8", "nf4"):
-            _bitsandbytes(src, tmp, cfg.scheme)
+            settings["kept_bf16_modules"] = _bitsandbytes(src, tmp, cfg)
         elif cfg.scheme == "int8-engine":
             _int8_engine(src, tmp, hf_cfg)
         else:
@@ -60,25 +60,65 @@ def size_facts(src: Path, dst: Path) -> dict[str, Any]:
             "linear_share_of_bf16": round(quant_math.share_of_bf16(lin, params), 4)}
 
 
-def _bitsandbytes(src: Path, dst: Path, scheme: str) -> None:
+def sensitive_modules(src: Path, cfg: QuantConfig) -> list[str]:
+    """Decoder linear modules holding ``cfg.keep_bf16_share`` of the linear parameters whose NF4 round trip
+    hurts their calibration outputs most: relative error ‖X(W − Ŵ)ᵀ‖ / ‖XWᵀ‖, X = the module's inputs."""
+    import bitsandbytes.functional as bnbf
+    import torch
+    from rich.progress import track
+    from transformers import AutoModelForCausalLM
+
+    from lorafleet.loading import load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    tok = load_tokenizer(src)
+    linears = {n: m for n, m in model.named_modules() if quant_math.LINEAR_RE.match(n + ".")}
+    inputs: dict[str, list[torch.Tensor]] = {n: [] for n in linears}
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: inputs[n].append(a[0][0].detach())) for n, m in linears.items()]
+    with torch.inference_mode():
+        for text in calibration_texts(cfg.calib.calib_data, min(cfg.calib.num_calib_samples, 8)):
+            model(tok(text, return_tensors="pt", truncation=True, max_length=cfg.calib.max_seq_len).input_ids)
+    for h in hooks:
+        h.remove()
+    errors = {}
+    with torch.inference_mode():
+        for name in track(list(linears), description="NF4 sensitivity", transient=True):
+            w = linears[name].weight.float()
+            packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
+            x = torch.cat(inputs.pop(name))
+            errors[name] = float((x @ (w - bnbf.dequantize_4bit(packed, state).float()).T).norm() / (x @ w.T).norm())
+    budget = cfg.keep_bf16_share * sum(m.weight.numel() for m in linears.values())
+    kept, used = [], 0
+    for name in sorted(errors, key=errors.get, reverse=True):
+        if used + linears[name].weight.numel() > budget:
+            break
+        kept.append(name)
+        used += linears[name].weight.numel()
+    return kept
+
+
+def _bitsandbytes(src: Path, dst: Path, cfg: QuantConfig) -> list[str]:
+    """bitsandbytes int8 / nf4 through transformers; returns the modules kept in bf16."""
     import torch
     from rich.console import Console
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-
-    if scheme == "int8":
-        qc = BitsAndBytesConfig(load_in_8bit=True)
+    keep = sensitive_modules(src, cfg) if cfg.keep_bf16_share else []
+    skip = ["lm_head", *keep]
+    if cfg.scheme == "int8":
+        qc = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     else:
         qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                bnb_4bit_compute_dtype=torch.bfloat16)
-    with Console(stderr=True).status(f"bitsandbytes {scheme}: quantizing {src.name}"):
-        try:
-            model = AutoModelForCausalLM.from_pretrained(src, quantization_config=qc, dtype=torch.float32, device_map="cpu")
+                                bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip)
+    with Console(stderr=True).status(f"bitsandbytes {cfg.scheme}: quantizing {src.name}"):
+        try:  # unquantized tensors (embedding, norms, kept modules) in bf16
+            model = AutoModelForCausalLM.from_pretrained(src, quantization_config=qc, dtype=torch.bfloat16, device_map="cpu")
         except (ImportError, RuntimeError, ValueError) as e:
-            raise BackendError(f"bitsandbytes {scheme} failed on {src}: {str(e).splitlines()[0]}") from None
+            raise BackendError(f"bitsandbytes {cfg.scheme} failed on {src}: {str(e).splitlines()[0]}") from None
         model.save_pretrained(dst, safe_serialization=True)
+    return keep
 
 
 def _int8_engine(src: Path, dst: Path, hf_cfg: dict[str, Any]) -> None:

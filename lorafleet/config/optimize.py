@@ -59,6 +59,9 @@ class QuantConfig:
     group_size: int | None = field(default=None, metadata={
         "help": "w4a16 group size; default: the largest of 128, 64, 32 dividing every linear input width."})
     smoothing_strength: float = field(default=0.8, metadata={"help": "w8a8 SmoothQuant migration strength alpha in [0, 1]."})
+    keep_bf16_share: float = field(default=0.0, metadata={
+        "help": "int8 / nf4: share of the decoder linear parameters kept in bf16, the modules whose calibration "
+                "outputs suffer most from NF4 rounding first (0: quantize all)."})
     calib: CalibConfig = field(default_factory=CalibConfig, metadata={"help": "Calibration set (w4a16, w8a8)."})
     llmc_python: str = field(default=LLMC_PYTHON, metadata={"help": "Python of the llm-compressor venv (w4a16, w8a8)."})
     force: bool = field(default=False, metadata={"help": "Replace --out if it exists (never the input)."})
@@ -69,6 +72,10 @@ class QuantConfig:
             problems.append(f"scheme must be one of {', '.join(QUANT_SCHEMES)}, got '{self.scheme}'")
         if self.group_size is not None and (self.group_size < 1 or self.group_size & (self.group_size - 1)):
             problems.append(f"group_size must be a positive power of two, got {self.group_size}")
+        if not 0.0 <= self.keep_bf16_share < 0.5:
+            problems.append(f"keep_bf16_share must be in [0, 0.5), got {self.keep_bf16_share}")
+        elif self.keep_bf16_share and self.scheme not in ("int8", "nf4"):
+            problems.append("keep_bf16_share applies to --scheme int8 / nf4 only")
         if not 0.0 <= self.smoothing_strength <= 1.0:
             problems.append(f"smoothing_strength must be in [0, 1], got {self.smoothing_strength}")
         _check_out(self.model, self.out, problems)
