@@ -46,8 +46,51 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]], add_generation_p
 
 
 def chat_token_ids(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
-    """Token ids of the rendered chat prompt (special tokens come from the template, none are added)."""
-    return tokenizer(render_chat(tokenizer, messages, add_generation_prompt), add_special_tokens=False).input_ids
+    """Token ids of the rendered chat prompt (special tokens come from the template, none are added).
+
+    Special tokens come *only* from the template: text such as ``<|im_start|>system`` inside a message's
+    content is tokenized as plain text, so a user (or a prompt-template variable) cannot open a section of its
+    own."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("this model has no chat template; use /v1/completions")
+    flat = normalize_messages(messages)
+    specials = special_token_strings(tokenizer)
+    if not any(s in m["content"] for m in flat for s in specials):  # the usual case: one call, as HF tokenizes it
+        text = tokenizer.apply_chat_template(flat, add_generation_prompt=add_generation_prompt, tokenize=False)
+        return tokenizer(text, add_special_tokens=False).input_ids
+    return _token_ids_with_literal_contents(tokenizer, flat, add_generation_prompt)
+
+
+def special_token_strings(tokenizer: Any) -> tuple[str, ...]:
+    """The text forms of the tokenizer's added tokens (``<|im_start|>``...), which a plain tokenizer call turns
+    into their special ids wherever they appear."""
+    return tuple(t for t in getattr(tokenizer, "get_added_vocab", dict)() if t.strip())
+
+
+def _token_ids_with_literal_contents(tokenizer: Any, flat: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+    """Render with a placeholder for each content, then tokenize the template's text with its special tokens
+    and each content with ``split_special_tokens`` (as literal text)."""
+    marks = [f"{_MARK}{i}{_MARK}" for i in range(len(flat))]
+    if any(_MARK in m["content"] for m in flat):
+        raise ConfigError("message content must not contain the character U+E001")
+    shown = [{**m, "content": mark} for m, mark in zip(flat, marks)]
+    text = tokenizer.apply_chat_template(shown, add_generation_prompt=add_generation_prompt, tokenize=False)
+    if any(text.count(mark) != 1 for mark in marks):
+        raise ConfigError("the chat template does not render message contents verbatim; cannot tokenize "
+                          "special-token text in them safely")
+    ids: list[int] = []
+    for i, mark in enumerate(marks):
+        before, _, text = text.partition(mark)
+        if before:
+            ids += tokenizer(before, add_special_tokens=False).input_ids
+        if flat[i]["content"]:
+            ids += tokenizer(flat[i]["content"], add_special_tokens=False, split_special_tokens=True).input_ids
+    if text:
+        ids += tokenizer(text, add_special_tokens=False).input_ids
+    return ids
+
+
+_MARK = "\ue001"  # brackets each content's placeholder; a private-use character no tokenizer treats specially
 
 
 def template_hash(tokenizer: Any) -> str:
