@@ -21,7 +21,7 @@ class GatewayBenchConfig:
     """``lorafleet bench gateway``: what the gateway (and LiteLLM) add in front of a backend that answers at once."""
 
     json_path: Path = field(metadata={"help": "Where to write the results JSON."})
-    ttft_requests: int = field(default=1000, metadata={"help": "Streamed requests per system at concurrency 1 for "
+    ttft_requests: int = field(default=2000, metadata={"help": "Streamed requests per system at concurrency 1 for "
                                                                "the added-TTFT percentiles (direct and gateway interleaved)."})
     litellm_ttft_requests: int = field(default=300, metadata={"help": "The same for LiteLLM (it is much slower)."})
     concurrency: int = field(default=64, metadata={"help": "Concurrent streams of the throughput runs."})
