@@ -27,9 +27,9 @@ class GatewayBenchConfig:
     concurrency: int = field(default=64, metadata={"help": "Concurrent streams of the throughput runs."})
     throughput_requests: int = field(default=4000, metadata={"help": "Streamed requests per throughput run "
                                                                      "(direct and gateway)."})
-    litellm_throughput_requests: int = field(default=600, metadata={"help": "Streamed requests per LiteLLM "
+    litellm_throughput_requests: int = field(default=300, metadata={"help": "Streamed requests per LiteLLM "
                                                                             "throughput run."})
-    repeats: int = field(default=3, metadata={"help": "Throughput runs per system, alternating (median reported)."})
+    repeats: int = field(default=5, metadata={"help": "Throughput runs per system, alternating (median reported)."})
     output_tokens: int = field(default=8, metadata={"help": "Tokens the fast backend streams per request."})
     litellm_python: str = field(default=".venv-litellm/bin/python",
                                 metadata={"help": "Python of the LiteLLM venv (`make litellm-venv`); '' skips LiteLLM."})

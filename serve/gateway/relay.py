@@ -144,17 +144,15 @@ async def relay_stream(send: Send, flight: InFlight, first: list[bytes], batches
     request); after [DONE] it is first read to its end so its connection can be reused."""
     record = flight.record
     await send(SSE_START)
-    batch, is_done = first, False
     try:
+        out, is_done = frames(record, first, include_usage)
         try:
-            async with asyncio.timeout(max(0.0, deadline_s - time.monotonic())):
-                while True:
-                    out, is_done = frames(record, batch, include_usage)
-                    if is_done:
-                        break
-                    if out:
-                        await send({"type": "http.response.body", "body": out, "more_body": True})
-                    batch = await anext(batches)
+            if not is_done:  # (a replica that answered at once needs no timer)
+                async with asyncio.timeout(max(0.0, deadline_s - time.monotonic())):
+                    while not is_done:
+                        if out:
+                            await send({"type": "http.response.body", "body": out, "more_body": True})
+                        out, is_done = frames(record, await anext(batches), include_usage)
         except TimeoutError:
             record.status, out = 504, sse_error_event(504, "request timed out in the gateway")
         except BackendError as e:
