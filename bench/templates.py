@@ -12,7 +12,6 @@ could reuse from the naive phase is the chat template's first few tokens, less t
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
 from bench.engine import _vllm_version, _write_json
+from bench.openai_client import StreamError, StreamTimer
 from bench.servers import ManagedServer, ServerSpec
 from bench.sysinfo import cpu_info, versions
 from bench.template_workload import TEMPLATES, BenchRequest, make_requests, template_yaml
@@ -56,19 +56,16 @@ def _counter(metrics_text: str, name: str) -> float:
 async def _ttft_s(client: httpx.AsyncClient, url: str, model: str, messages: list[dict], max_tokens: int) -> float:
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
             "stream": True}
-    start = time.perf_counter()
-    first = None
+    timer = StreamTimer(time.perf_counter())
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as resp:
         if resp.status_code != 200:
             raise BackendError(f"{url}: HTTP {resp.status_code}: {(await resp.aread())[:300]!r}")
-        async for line in resp.aiter_lines():
-            if first is None and line.startswith("data: {"):
-                event = json.loads(line[6:])
-                if "error" in event:
-                    raise BackendError(f"{url}: stream error {event['error']}")
-                if (event.get("choices") or [{}])[0].get("delta", {}).get("content"):
-                    first = time.perf_counter()
-    return (first or time.perf_counter()) - start
+        try:
+            async for line in resp.aiter_lines():
+                timer.feed(line, time.perf_counter())
+        except StreamError as e:
+            raise BackendError(f"{url}: {e}") from None
+    return timer.result(time.perf_counter()).ttft_s
 
 
 async def _send_all(url: str, model: str, prompts: list[list[dict]], max_tokens: int, concurrency: int,
