@@ -21,6 +21,10 @@ from serve.gateway.fleet import Replica
 from serve.gateway.metrics import GatewayMetrics
 
 
+class AdapterSlotsBusy(BackendError):
+    """Every adapter slot of a replica holds an adapter that requests are using (retryable elsewhere)."""
+
+
 class AdapterLoadError(BackendError):
     """A replica answered an adapter load with an error (bad rank, missing file, unsupported modules...).
 
@@ -39,6 +43,7 @@ class Residency:
     loading: dict[str, asyncio.Task] = field(default_factory=dict)
     unloading: dict[str, asyncio.Task] = field(default_factory=dict)
     num_reserved: int = 0  #: slots held by loads in progress
+    slot_freed: asyncio.Event = field(default_factory=asyncio.Event)  #: set when an adapter stops being in use
 
 
 class AdapterRegistry:
@@ -83,6 +88,7 @@ class AdapterRegistry:
         res = self._residency.get(replica)
         if res is not None:
             res.lru.pop(adapter, None)
+            res.slot_freed.set()
 
     def pin(self, replica: str, adapter: str) -> None:
         self._residency[replica].pins[adapter] += 1
@@ -93,20 +99,33 @@ class AdapterRegistry:
             res.pins[adapter] -= 1
             if res.pins[adapter] <= 0:
                 del res.pins[adapter]
+                res.slot_freed.set()
 
     # -- loading -------------------------------------------------------------------------------------------
-    async def ensure_loaded(self, replica: Replica, adapter: str) -> None:
-        """Return once ``adapter`` is loaded on ``replica``; concurrent callers share one load."""
+    async def ensure_loaded(self, replica: Replica, adapter: str, wait_for_slot: bool = False) -> None:
+        """Return once ``adapter`` is loaded on ``replica``; concurrent callers share one load.
+
+        When every slot holds an adapter in use, :class:`AdapterSlotsBusy` is raised at once, or with
+        ``wait_for_slot`` the call waits until one is released (the caller's deadline bounds the wait): the
+        last replica a request can go to waits, as the engines queue requests for a free LoRA slot."""
         res = self._residency[replica.name]
-        if adapter in res.lru:
-            res.lru.move_to_end(adapter)
-            return
-        task = res.loading.get(adapter)
-        if task is None:
-            task = asyncio.create_task(self._load(replica, res, adapter), name=f"load {adapter} on {replica.name}")
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # never "exception not retrieved"
-            res.loading[adapter] = task
-        await asyncio.shield(task)
+        while True:
+            if adapter in res.lru:
+                res.lru.move_to_end(adapter)
+                return
+            task = res.loading.get(adapter)
+            if task is None:
+                task = asyncio.create_task(self._load(replica, res, adapter), name=f"load {adapter} on {replica.name}")
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())  # never "exception not retrieved"
+                res.loading[adapter] = task
+            res.slot_freed.clear()
+            try:
+                await asyncio.shield(task)
+                return
+            except AdapterSlotsBusy:
+                if not wait_for_slot:
+                    raise
+            await res.slot_freed.wait()
 
     async def _load(self, replica: Replica, res: Residency, adapter: str) -> None:
         try:
@@ -138,8 +157,8 @@ class AdapterRegistry:
         while len(res.lru) + res.num_reserved >= res.max_adapters:
             victim = next((a for a in res.lru if res.pins[a] <= 0), None)
             if victim is None:
-                raise BackendError(f"backend '{replica.name}': all {res.max_adapters} adapter slots are in use",
-                                   retryable=True)
+                raise AdapterSlotsBusy(f"backend '{replica.name}': all {res.max_adapters} adapter slots are in use",
+                                       retryable=True)
             del res.lru[victim]  # first, so no new request starts using it
             task = asyncio.create_task(replica.backend.unload_adapter(victim))
             res.unloading[victim] = task

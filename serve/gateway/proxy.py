@@ -128,8 +128,9 @@ async def dispatch(state: GatewayState, record: RequestRecord, upstream: Upstrea
         record.backend = replica.name
         _take(state, record, replica)
         try:
-            if record.adapter is not None:
-                await state.adapters.ensure_loaded(replica, record.adapter)
+            if record.adapter is not None:  # the last replica to try waits for a busy adapter slot to free
+                is_last = len(candidates) == 1 or num_attempt == state.cfg.limits.max_retries
+                await state.adapters.ensure_loaded(replica, record.adapter, wait_for_slot=is_last)
             record.queue_s = time.monotonic() - record.arrival_s
             state.prefix_index.record(keys, replica.name)
             result = await attempt(replica)

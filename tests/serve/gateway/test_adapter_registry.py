@@ -159,3 +159,22 @@ def test_sync_and_forget() -> None:
     assert registry.resident("r0") == {"a", "b"}
     registry.forget("r0", "a")
     assert registry.resident("r0") == {"b"}
+
+
+def test_the_last_replica_waits_for_a_busy_slot() -> None:
+    """With every slot in use, a request that has no other replica left waits for a slot rather than failing
+    (the soak of issue #10 found 503s under a sustainable multi-adapter load on one replica)."""
+    registry, replica, backend = setup(max_adapters=1)
+
+    async def go() -> None:
+        await registry.ensure_loaded(replica, "a")
+        registry.pin("r0", "a")
+        waiter = asyncio.create_task(registry.ensure_loaded(replica, "b", wait_for_slot=True))
+        await asyncio.sleep(0.2)
+        assert not waiter.done() and registry.resident("r0") == {"a"}
+        registry.unpin("r0", "a")
+        await asyncio.wait_for(waiter, 5)
+        assert registry.resident("r0") == {"b"}
+
+    asyncio.run(go())
+    assert backend.calls == [("load", "a"), ("unload", "a"), ("load", "b")]
