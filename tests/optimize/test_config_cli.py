@@ -36,6 +36,10 @@ def test_prune_and_eval_configs() -> None:
     with pytest.raises(ConfigError, match="margin"):
         KVQuantConfig(model="m", out=Path("o"), margin=10)
     assert PruneConfig(model="m", out=Path("o"), kind="width", ratio=0.2).head_ratio == 0.0
+    with pytest.raises(ConfigError, match="keep_bf16_share applies to --scheme int8 / nf4 only"):
+        QuantConfig(model="m", out=Path("o"), scheme="w4a16", keep_bf16_share=0.1)
+    with pytest.raises(ConfigError, match=r"keep_bf16_share must be in \[0, 0.5\)"):
+        QuantConfig(model="m", out=Path("o"), scheme="nf4", keep_bf16_share=0.7)
 
 
 def lorafleet(*args: str) -> subprocess.CompletedProcess:
