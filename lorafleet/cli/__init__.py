@@ -155,6 +155,8 @@ from lorafleet.cli import gateway as _gateway  # noqa: E402,F401  (bench routing
 from lorafleet.cli import load as _load  # noqa: E402,F401  (bench load / sweep)
 from lorafleet.cli import optimize as _optimize  # noqa: E402,F401  (optimize quantize/kv/prune, eval)
 from lorafleet.cli import profile as _profile  # noqa: E402,F401  (profile plan/render/tune)
+from lorafleet.cli import soak as _soak  # noqa: E402,F401  (bench soak)
+from lorafleet.cli import spec as _spec  # noqa: E402,F401  (bench spec)
 from lorafleet.cli import templates as _templates  # noqa: E402,F401  (optimize templates)
 from lorafleet.cli import train as _train  # noqa: E402,F401  (train sft/dpo, bench train)
 
