@@ -27,6 +27,9 @@ class SamplingBatch:
         return all(t == 0.0 for t in self.temperatures)
 
 
+MIN_TEMPERATURE = 1e-4  #: smaller positive temperatures are raised to this (logits / t must stay finite)
+
+
 def sample(logits: torch.Tensor, batch: SamplingBatch, default_generator: torch.Generator | None = None) -> list[int]:
     """Pick one token per row of ``logits`` [n, vocab] (fp32). Returns n token ids. Rows in
     ``batch.masked_rows`` only pick tokens their bitmask allows (``logits`` is changed in place there)."""
@@ -52,7 +55,9 @@ def sample(logits: torch.Tensor, batch: SamplingBatch, default_generator: torch.
 
 def filtered_probs(logits: torch.Tensor, temperatures: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> torch.Tensor:
     """Probabilities after temperature, top-k and top-p filtering. ``logits`` [n, vocab] → [n, vocab]."""
-    logits = logits / temperatures[:, None]
+    # A temperature that is positive as a Python float can be 0 in float32 (5e-324) or overflow the division:
+    # below MIN_TEMPERATURE the result is greedy anyway.
+    logits = logits / temperatures.clamp(min=MIN_TEMPERATURE)[:, None]
     vocab = logits.shape[-1]
     if any(0 < k < vocab for k in top_ks):
         ks = torch.tensor([k if 0 < k < vocab else vocab for k in top_ks], device=logits.device)
@@ -64,6 +69,7 @@ def filtered_probs(logits: torch.Tensor, temperatures: torch.Tensor, top_ks: lis
         cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
         # Drop a token when the mass before it already reaches p; the top token always stays.
         drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= ps[:, None]
+        drop_sorted[:, 0] = False  # (a top_p that is 0 in float32, e.g. 5e-324, would drop it too)
         drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return torch.softmax(logits, dim=-1)

@@ -111,3 +111,11 @@ def test_samples_follow_the_distribution() -> None:
     # 5 standard errors of a binomial proportion: a wrong sampler fails, a correct one essentially never does.
     for i in range(3):
         assert abs(freq[i] - p[i]) < 5 * math.sqrt(p[i] * (1 - p[i]) / n)
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(0.7, 5e-324), (5e-324, 1.0), (1e-300, 0.5), (2.0, 1e-46)])
+def test_values_that_underflow_in_float32_sample_greedily(logits: torch.Tensor, temperature: float, top_p: float) -> None:
+    """Found by fuzzing the server (issue #10): top_p 5e-324 or temperature 5e-324 is 0 in float32 and made
+    every probability NaN (an HTTP 500); both mean greedy."""
+    got = sample(logits, batch(6, temperature=temperature, top_p=top_p), torch.Generator().manual_seed(0))
+    assert got == logits.argmax(-1).tolist()
