@@ -54,7 +54,10 @@ def token_prefix_keys(token_ids: Sequence[int], block_size: int, max_blocks: int
     keys: list[int] = []
     parent = stable_hash64("prefix", salt)
     for i in range(num_blocks):
-        block = b"".join(int(t).to_bytes(4, "little", signed=True) for t in token_ids[i * block_size:(i + 1) * block_size])
+        # Masked to 32 bits: the same bytes as a signed encoding for every real token id, and no OverflowError
+        # for absurd ones in a client's prompt (the engine refuses those; routing must not crash first).
+        block = b"".join((int(t) & 0xFFFFFFFF).to_bytes(4, "little")
+                         for t in token_ids[i * block_size:(i + 1) * block_size])
         parent = stable_hash64(parent, block)
         keys.append(parent)
     return tuple(keys)

@@ -92,3 +92,12 @@ def test_hash_key_uses_a_deeper_block() -> None:
     assert hash_key(keys[:3], 4) is None
     with pytest.raises(ValueError):
         hash_key(keys, 0)
+
+
+def test_token_prefix_keys_take_any_integer() -> None:
+    """Found by fuzzing the gateway (issue #10): a prompt of huge token ids crashed routing with a 500."""
+    ids = list(range(16))
+    assert token_prefix_keys(ids, 16, 4) == token_prefix_keys([t - 2**32 for t in ids], 16, 4)  # same 32 bits
+    assert len(token_prefix_keys([2**70, -2**40] * 8, 16, 4)) == 1
+    golden = b"".join(t.to_bytes(4, "little", signed=True) for t in [-1, 0, 5, 2**31 - 1] * 4)
+    assert token_prefix_keys([-1, 0, 5, 2**31 - 1] * 4, 16, 1)[0] == stable_hash64(stable_hash64("prefix", ""), golden)
