@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 from typing import Any
 
 from lorafleet.errors import ConfigError
@@ -70,9 +71,8 @@ def special_token_strings(tokenizer: Any) -> tuple[str, ...]:
 def _token_ids_with_literal_contents(tokenizer: Any, flat: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
     """Render with a placeholder for each content, then tokenize the template's text with its special tokens
     and each content with ``split_special_tokens`` (as literal text)."""
-    marks = [f"{_MARK}{i}{_MARK}" for i in range(len(flat))]
-    if any(_MARK in m["content"] for m in flat):
-        raise ConfigError("message content must not contain the character U+E001")
+    nonce = secrets.token_hex(8)  # placeholders no content can contain, whatever a client sends
+    marks = [f"\ue001{nonce}.{i}\ue001" for i in range(len(flat))]
     shown = [{**m, "content": mark} for m, mark in zip(flat, marks)]
     text = tokenizer.apply_chat_template(shown, add_generation_prompt=add_generation_prompt, tokenize=False)
     if any(text.count(mark) != 1 for mark in marks):
@@ -88,9 +88,6 @@ def _token_ids_with_literal_contents(tokenizer: Any, flat: list[dict[str, str]],
     if text:
         ids += tokenizer(text, add_special_tokens=False).input_ids
     return ids
-
-
-_MARK = "\ue001"  # brackets each content's placeholder; a private-use character no tokenizer treats specially
 
 
 def template_hash(tokenizer: Any) -> str:
