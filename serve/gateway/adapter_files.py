@@ -1,5 +1,7 @@
 """Checks of adapter directories before the gateway lets any engine load them: the path must lie under a
-configured adapter root (after resolving symlinks and ``..``), and the weights must be safetensors.
+configured adapter root (after resolving symlinks and ``..``; files inside it may not link out either), and the
+weights must be safetensors. The gateway checks at start-up and again before every load, so a directory
+swapped, deleted or corrupted since start-up is refused before any engine reads it.
 
 Pickle weights (``.bin``, ``.pt``...) can run code when loaded, so a directory that holds any is refused even
 if it also holds safetensors: an engine might prefer the pickle file.
@@ -52,6 +54,9 @@ def check_adapter_dir(name: str, path: Path, roots: Sequence[Path]) -> tuple[Pat
     if not real.is_dir():
         return None, [f"adapter '{name}': '{real}' is not a directory"]
     problems = []
+    escaping = sorted(p.name for p in real.iterdir() if p.is_symlink() and resolve_under_roots(p.resolve(), roots) is None)
+    if escaping:
+        problems.append(f"adapter '{name}': {escaping} in '{real}' link to files outside the adapter roots")
     if not (real / "adapter_config.json").is_file():
         problems.append(f"adapter '{name}': '{real}' has no adapter_config.json")
     pickles = sorted(p.name for p in real.iterdir() if p.suffix in PICKLE_SUFFIXES)

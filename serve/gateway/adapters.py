@@ -13,9 +13,11 @@ import asyncio
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from lorafleet.errors import BackendError, NotFoundError
 from serve.backends.base import UpstreamError
+from serve.gateway.adapter_files import check_adapter_dir
 from serve.gateway.config import AdapterSpec
 from serve.gateway.fleet import Replica
 from serve.gateway.metrics import GatewayMetrics
@@ -47,8 +49,9 @@ class Residency:
 
 
 class AdapterRegistry:
-    def __init__(self, adapters: Sequence[AdapterSpec], metrics: GatewayMetrics) -> None:
+    def __init__(self, adapters: Sequence[AdapterSpec], metrics: GatewayMetrics, roots: Sequence[Path] = ()) -> None:
         self.specs = {a.name: a for a in adapters}
+        self._roots = tuple(roots)  #: adapter roots; with any, each load re-checks the directory first
         self._metrics = metrics
         self._residency: dict[str, Residency] = {}
 
@@ -131,11 +134,12 @@ class AdapterRegistry:
         try:
             if (pending := res.unloading.get(adapter)) is not None:
                 await asyncio.shield(pending)
+            path = self._checked_path(adapter)  # before making room: a doomed load must not evict anything
             await self._make_room(replica, res)
             res.num_reserved += 1
             try:
                 try:
-                    await replica.backend.load_adapter(adapter, self.specs[adapter].path)
+                    await replica.backend.load_adapter(adapter, path)
                 except UpstreamError as e:
                     raise AdapterLoadError(f"adapter '{adapter}' failed to load on backend '{replica.name}': "
                                            f"{_reason(e)}", retryable=e.retryable) from None
@@ -152,6 +156,17 @@ class AdapterRegistry:
             raise
         finally:
             res.loading.pop(adapter, None)
+
+    def _checked_path(self, adapter: str) -> Path:
+        """The adapter's directory, checked again now (it may have been deleted, swapped for a symlink out of
+        the roots or corrupted since start-up); AdapterLoadError (400, not retried) if it fails."""
+        spec = self.specs[adapter]
+        if not self._roots:
+            return spec.path
+        real, problems = check_adapter_dir(adapter, spec.path, self._roots)
+        if real is None:
+            raise AdapterLoadError("; ".join(problems), retryable=False)
+        return real
 
     async def _make_room(self, replica: Replica, res: Residency) -> None:
         while len(res.lru) + res.num_reserved >= res.max_adapters:

@@ -43,7 +43,7 @@ class GatewayState:
     @classmethod
     def build(cls, cfg: GatewayConfig) -> GatewayState:
         metrics = GatewayMetrics()
-        state = cls(cfg=cfg, fleet=Fleet(), adapters=AdapterRegistry(cfg.adapters, metrics),
+        state = cls(cfg=cfg, fleet=Fleet(), adapters=AdapterRegistry(cfg.adapters, metrics, cfg.adapter_roots),
                     policy=make_policy(cfg.routing.policy, cfg.routing.params),
                     prefix_index=PrefixIndex(cfg.limits.prefix_index_keys), metrics=metrics, keys=KeyStore(cfg.keys),
                     limiter=RateLimiter(), admission=Admission(cfg.limits.max_in_flight, cfg.limits.max_queue))
