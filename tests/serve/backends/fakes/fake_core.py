@@ -41,6 +41,7 @@ class FakeEngine:
     default_max_tokens: int = 16
     die_after_events: int | None = None  #: crash (os._exit) after streaming this many events of a request
     die_on_request: bool = False  #: crash as soon as a generation request arrives (before any byte)
+    end_after_events: int | None = None  #: end a stream cleanly after this many events, without [DONE] (truncated SSE)
     fail_status: int | None = None  #: answer every generation request with this HTTP status
     num_waiting: int = 0  #: reported queue depth (a test can pretend the engine is queueing)
     prefix_cache_blocks: int = 256  #: capacity of the simulated prefix cache, in blocks
@@ -143,6 +144,8 @@ async def openai_stream(engine: FakeEngine, body: dict[str, Any], served_as: str
     i = 0
     async for tok in engine.tokens(served_as, n):
         await maybe_die()
+        if engine.end_after_events is not None and num_events >= engine.end_after_events:
+            return
         i += 1
         last = i == n
         delta = {"delta": {"content": tok}} if is_chat else {"text": tok}
