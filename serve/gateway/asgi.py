@@ -15,7 +15,7 @@ import logging
 
 from lorafleet.errors import LorafleetError
 from serve.backends.base import Endpoint
-from serve.gateway.errors import error_body, status_of
+from serve.gateway.errors import GatewayError, error_body, status_of
 from serve.gateway.proxy import handle_generation
 from serve.gateway.requests import Incoming, RawHeaders
 from serve.gateway.state import GatewayState
@@ -89,14 +89,13 @@ class GatewayApp:
         if endpoint is None or scope["method"] != "POST":
             await self.api(scope, receive, send)
             return
-        body = b""
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive, self.gateway.cfg.limits.max_body_bytes)
+        if body is None:
+            return  # the client went away
+        if isinstance(body, int):
+            await send_error(send, GatewayError(413, f"request body of {body} bytes is larger than this gateway's "
+                                                     f"limit of {self.gateway.cfg.limits.max_body_bytes} bytes"))
+            return
         await self._generation(Incoming(RawHeaders(scope["headers"]), body), endpoint, receive, send)
 
     async def _generation(self, incoming: Incoming, endpoint: Endpoint, receive, send) -> None:
@@ -120,6 +119,22 @@ class GatewayApp:
             await send_error(sender, e)
         finally:
             watch.stop()
+
+
+async def read_body(receive, max_bytes: int) -> bytes | int | None:
+    """The request body; its size in bytes (an int) if larger than ``max_bytes``, read to its end but not kept,
+    so the client gets the 413 rather than a reset connection; None if the client disconnected."""
+    parts, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size <= max_bytes:
+            parts.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(parts) if size <= max_bytes else size
 
 
 async def send_error(send, exc: BaseException) -> None:

@@ -15,7 +15,7 @@ listing them all. Example::
       keys:
         - {name: team-a, key_sha256: 9f86d0..., models: [smollm2, "sql*"], requests_per_min: 600, tokens_per_min: 200000}
         - {name: ops, key_env: LORAFLEET_OPS_KEY, models: ["*"], admin: true}
-    limits: {request_timeout_s: 300, max_in_flight: 1024, max_queue: 4096}
+    limits: {request_timeout_s: 300, max_in_flight: 1024, max_queue: 4096, max_body_bytes: 4194304, max_tokens: 16384}
 """
 
 from __future__ import annotations
@@ -73,10 +73,15 @@ class LimitSettings:
     prefix_block_chars: int = 64  #: characters per prefix block for prefix-aware routing (~16 tokens)
     prefix_max_blocks: int = 128  #: prefix blocks hashed per request
     prefix_index_keys: int = 200_000  #: prefix keys remembered (LRU)
+    max_body_bytes: int = 4 * 2**20  #: largest request body; larger ones are refused with 413
+    max_tokens: int = 16_384  #: largest max_tokens / max_completion_tokens a request may ask for (400 above)
+    max_n: int = 16  #: most choices (``n``) per request
+    max_prompts: int = 64  #: most prompts in one /v1/completions request
 
     def __post_init__(self) -> None:
         positive = ("request_timeout_s", "upstream_idle_timeout_s", "max_in_flight", "health_interval_s",
-                    "unhealthy_after", "drain_timeout_s", "prefix_block_chars", "prefix_index_keys")
+                    "unhealthy_after", "drain_timeout_s", "prefix_block_chars", "prefix_index_keys", "max_body_bytes",
+                    "max_tokens", "max_n", "max_prompts")
         bad = [f"limits.{n} must be positive, got {getattr(self, n)}" for n in positive if getattr(self, n) <= 0]
         bad += [f"limits.{n} must be >= 0, got {getattr(self, n)}" for n in ("max_queue", "max_retries", "prefix_max_blocks")
                 if getattr(self, n) < 0]

@@ -23,6 +23,7 @@ from serve.gateway.auth import KeySpec, bearer_token
 from serve.gateway.errors import GatewayError, status_of
 from serve.gateway.fleet import Replica, replica_stats
 from serve.gateway.relay import InFlight, RequestRecord, Send, finish_request, relay_stream
+from serve.gateway.request_limits import check_request_limits
 from serve.gateway.requests import ClientRequest, Incoming, prefix_keys, upstream_body
 from serve.gateway.state import GatewayState
 from serve.gateway.templates import parse_templated_request, template_prefix_keys
@@ -52,6 +53,7 @@ async def handle_generation(state: GatewayState, incoming: Incoming, endpoint: E
     if state.is_draining:
         raise GatewayError(503, "the gateway is shutting down")
     req = parse_templated_request(state.cfg.templates, incoming.body, endpoint)
+    check_request_limits(req.body, endpoint, state.cfg.limits)
     base, adapter = state.adapters.resolve(req.model, state.fleet.base_models())
     if key is not None and not key.allows(req.model):
         raise GatewayError(403, f"this API key may not use model '{req.model}'", "model")
