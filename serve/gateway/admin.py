@@ -1,14 +1,17 @@
-"""The admin API: list, add and remove backends at runtime.
+"""The admin API: list, add and remove backends at runtime; list and revoke API keys.
 
 ``GET /admin/backends`` lists replicas with their state; ``POST /admin/backends`` takes a backend entry as in
 the YAML config and adds it (routable after its first passing health check, run at once);
 ``DELETE /admin/backends/{name}`` stops routing to it and closes it once its in-flight requests finish.
+``GET /admin/keys`` lists key names (never digests); ``DELETE /admin/keys/{name}`` revokes a key at once, until
+the gateway restarts (remove it from the config to make that permanent).
 With API keys configured, only keys marked ``admin: true`` may call these.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 
 from fastapi import APIRouter, Request
 
@@ -18,6 +21,8 @@ from serve.gateway import health
 from serve.gateway.errors import GatewayError
 from serve.gateway.proxy import authenticate
 from serve.gateway.state import GatewayState
+
+log = logging.getLogger("lorafleet.gateway")
 
 
 def _describe(r) -> dict:
@@ -69,5 +74,18 @@ def router(state: GatewayState) -> APIRouter:
         if replica is None:
             raise NotFoundError(f"backend '{name}' does not exist")
         return {"removed": name, "in_flight": replica.num_in_flight}
+
+    @api.get("/keys")
+    async def list_keys(raw: Request) -> dict:
+        require_admin(raw)
+        return {"keys": state.keys.names, "revoked": sorted(state.keys.revoked)}
+
+    @api.delete("/keys/{name}")
+    async def revoke_key(name: str, raw: Request) -> dict:
+        require_admin(raw)
+        if not state.keys.revoke(name):
+            raise NotFoundError(f"key '{name}' does not exist")
+        log.warning("API key '%s' revoked through the admin API", name)
+        return {"revoked": name}
 
     return api

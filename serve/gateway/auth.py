@@ -42,14 +42,29 @@ class KeySpec:
 
 
 class KeyStore:
-    """Looks up the key a request presents. Read-only after construction."""
+    """Looks up the key a request presents. Keys can be revoked at runtime (the admin API); a revoked key is
+    refused exactly like an unknown one, and stays refused until the gateway restarts with its config."""
 
     def __init__(self, keys: Sequence[KeySpec]) -> None:
         self._keys = tuple(keys)
+        self._is_enabled = bool(self._keys)  # revoking every key must not open the gateway
+        self.revoked: set[str] = set()  #: names of keys revoked since start-up
+
+    @property
+    def names(self) -> list[str]:
+        return [k.name for k in self._keys]
+
+    def revoke(self, name: str) -> bool:
+        """Refuse key ``name`` from now on (requests already admitted finish); False if there is no such key."""
+        if name not in self.names:
+            return False
+        self.revoked.add(name)
+        self._keys = tuple(k for k in self._keys if k.name != name)
+        return True
 
     @property
     def is_enabled(self) -> bool:
-        return bool(self._keys)
+        return self._is_enabled
 
     def lookup(self, presented: str) -> KeySpec | None:
         """The key whose digest matches ``presented``, or None. Every stored digest is compared (constant
