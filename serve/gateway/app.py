@@ -21,6 +21,7 @@ from serve.gateway import admin, discovery, health
 from serve.gateway.asgi import GatewayApp
 from serve.gateway.config import GatewayConfig
 from serve.gateway.errors import install_error_handlers
+from serve.gateway.openapi import install_openapi
 from serve.gateway.proxy import authenticate
 from serve.gateway.state import GatewayState
 
@@ -51,6 +52,7 @@ def build_app(cfg: GatewayConfig) -> GatewayApp:
     app = FastAPI(title="lorafleet gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = state
     install_error_handlers(app)
+    install_openapi(app)
 
     @app.get("/v1/models")
     async def list_models(raw: Request) -> dict:
