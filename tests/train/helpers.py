@@ -50,17 +50,35 @@ def style_records(n: int, seed: int = 0) -> list[dict]:
     return records
 
 
-def preference_records(n: int, seed: int = 0) -> list[dict]:
-    """Preference pairs: chosen answers in one short sentence, rejected ones ramble before answering."""
-    r = random.Random(seed)
-    words = list(_OPPOSITES)
-    records = []
-    for _ in range(n):
-        q, a = _question(r, words)
-        rambling = (f"Well, that is a really interesting question, and there is a lot one could say about it. "
-                    f"Let me think it through step by step before I answer. {a} I hope this long explanation helps!")
-        records.append({"prompt": q, "chosen": a, "rejected": rambling})
-    return records
+#: One-sentence facts: the chosen (concise) replies of the preference set.
+FACTS = {
+    "cats": "Cats are small, independent pets that love to nap.", "dogs": "Dogs are loyal pets that love walks.",
+    "the moon": "The Moon is Earth's only natural satellite.", "rain": "Rain is water falling from clouds.",
+    "bread": "Bread is baked from flour, water and yeast.", "music": "Music is sound arranged in time.",
+    "trees": "Trees are tall plants with woody trunks.", "the ocean": "The ocean covers most of Earth's surface.",
+    "snow": "Snow is frozen water falling as flakes.", "coffee": "Coffee is a drink brewed from roasted beans.",
+    "volcanoes": "Volcanoes are openings where molten rock erupts.", "bees": "Bees are insects that make honey.",
+    "the sun": "The Sun is the star at the center of our solar system.",
+    "chess": "Chess is a strategy game played on a checkered board.",
+    "bicycles": "Bicycles are two-wheeled vehicles moved by pedals.", "rivers": "Rivers are flowing bodies of fresh water.",
+    "apples": "Apples are crunchy fruits that grow on trees.", "clouds": "Clouds are tiny water droplets in the sky.",
+    "libraries": "Libraries are places that lend books.", "mountains": "Mountains are high, steep landforms.",
+}
+ASKS = ("Tell me about {}.", "What do you know about {}?", "Explain {}.")
+#: Held-out open questions for the DPO test: topics the preference set never mentions.
+HELD_OUT_OPEN = ("Tell me about owls.", "Explain gravity.", "What do you know about pianos?", "Tell me about deserts.",
+                 "Explain photosynthesis.", "What do you know about trains?")
+
+
+def preference_prompts() -> list[tuple[str, str]]:
+    """(prompt, concise reply) for every topic and phrasing: 60 open questions the base answers at length."""
+    return [(ask.format(topic), fact) for topic, fact in FACTS.items() for ask in ASKS]
+
+
+def preference_records(prompts: list[tuple[str, str]], rejected: list[str]) -> list[dict]:
+    """Preference pairs: the concise reply is chosen over ``rejected`` (the base model's own long answer, so
+    DPO moves the model away from what it actually generates)."""
+    return [{"prompt": q, "chosen": a, "rejected": r} for (q, a), r in zip(prompts, rejected)]
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
