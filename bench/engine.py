@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bench.adapters import cached_random_adapters
 from bench.hf_baseline import hf_batch_throughput
 from bench.openai_client import StreamRequest, median, run_concurrent
 from bench.servers import ManagedServer, ServerSpec
@@ -40,19 +41,6 @@ def _prompts(n: int, seed: int) -> list[str]:
     rnd = random.Random(seed)
     return [f"Story {seed}-{i}: " + " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(25, 45))) + ". Continue:"
             for i in range(n)]
-
-
-def _adapters(base: Path, n: int) -> dict[str, Path]:
-    from lorafleet.synthetic import make_random_lora_adapter
-
-    root = lorafleet_home() / "bench" / "adapters"
-    out = {}
-    for i in range(n):
-        path = root / f"{base.name}-r8-{i}"
-        if not path.exists():
-            make_random_lora_adapter(base, path, rank=8, seed=1000 + i)
-        out[f"bench-lora-{i}"] = path
-    return out
 
 
 # -- measurements over HTTP --------------------------------------------------------------------------------
@@ -134,7 +122,7 @@ def run(cfg: EngineBenchConfig) -> dict:
     console = Console(stderr=True)
     logs = lorafleet_home() / "bench" / "logs"
     with console.status("making LoRA adapters"):
-        adapters = _adapters(base, cfg.num_adapters)
+        adapters = cached_random_adapters(base, cfg.num_adapters, cache="adapters", name_prefix="bench-lora", seed=1000)
     with console.status("our engine (lorafleet serve)"):
         engine = _run_engine(base, adapters, cfg, logs)
     hf = None

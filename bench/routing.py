@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
+from bench.adapters import cached_random_adapters
 from bench.results_io import print_targets, target, write_json_atomic
 from bench.servers import ManagedServer, ServerSpec
 from bench.sysinfo import cpu_info, versions
@@ -78,19 +79,6 @@ def gateway_spec(policy: str, replica_urls: list[str], adapters: dict[str, Path]
     path.write_text(yaml.safe_dump(config))
     argv = [sys.executable, "-m", "lorafleet.cli", "gateway", "--config", str(path), "--port", "{port}", "--log-level", "warning"]
     return ServerSpec(f"gateway-{policy}", argv, {}, logs / f"routing-gateway-{policy}.log", start_timeout_s=60)
-
-
-def make_adapters(model: Path, num: int) -> dict[str, Path]:
-    from lorafleet.synthetic import make_random_lora_adapter
-
-    root = lorafleet_home() / "bench" / "routing-adapters"
-    out = {}
-    for i in range(num):
-        path = root / f"{model.name}-r8-{i}"
-        if not path.exists():
-            make_random_lora_adapter(model, path, rank=8, seed=2000 + i)
-        out[f"tenant-lora-{i}"] = path
-    return out
 
 
 # -- measurements over HTTP -----------------------------------------------------------------------------------
@@ -186,7 +174,8 @@ def run(cfg: RoutingBenchConfig) -> dict:
     # Room for tenant_slots tenants' prompts, plus half a prompt so a running request need not evict them all.
     num_kv_blocks = cfg.tenant_slots * (blocks + 1) + blocks // 2
     with console.status("making LoRA adapters"):
-        adapters = make_adapters(model, cfg.num_adapters)
+        adapters = cached_random_adapters(model, cfg.num_adapters, cache="routing-adapters", name_prefix="tenant-lora",
+                                          seed=2000)
     prefix: dict[str, dict] = {}
     lora: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="lorafleet-bench-routing-") as tmp, ExitStack() as stack:
