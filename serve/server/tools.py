@@ -6,7 +6,9 @@
 * ``tool_choice="required"`` and a named function constrain decoding with a JSON schema, as vLLM does, so the
   arguments always parse and validate against the function's ``parameters``: ``required`` generates
   ``[{"name": ..., "parameters": {...}}, ...]`` (one of the tools per item), a named function generates its
-  arguments object directly.
+  arguments object directly. Several calls in one reply need ``parallel_tool_calls: true``; by default the
+  list holds one call (llama.cpp's default too): a small model given an open list repeats its call until
+  max_tokens cuts the JSON.
 * ``auto`` lets the model choose; its text is parsed for tool calls (``<tool_call>`` blocks, or a whole reply
   that is a ``{"name", "arguments"}`` object). ``none`` leaves the tools out of the prompt (vLLM's
   ``--exclude-tools-when-tool-choice-none``), so the model cannot call them.
@@ -91,8 +93,9 @@ def plan_tools(tools: list[Any] | None, tool_choice: Any, parallel_tool_calls: b
 
 
 def _required_schema(functions: tuple[dict[str, Any], ...], parallel_tool_calls: bool | None) -> dict[str, Any]:
-    """``[{"name": <one tool>, "parameters": <its arguments>}, ...]`` with at least one call (vLLM's schema);
-    each tool's ``$defs`` are hoisted to the top so its ``$ref``s still resolve."""
+    """``[{"name": <one tool>, "parameters": <its arguments>}, ...]`` with at least one call (vLLM's schema), at
+    most one unless ``parallel_tool_calls`` is true; each tool's ``$defs`` are hoisted to the top so its
+    ``$ref``s still resolve."""
     defs: dict[str, Any] = {}
     options = []
     for f in functions:
@@ -104,7 +107,7 @@ def _required_schema(functions: tuple[dict[str, Any], ...], parallel_tool_calls:
                                                          "parameters": params},
                         "required": ["name", "parameters"]})
     schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": options}}
-    if parallel_tool_calls is False:
+    if not parallel_tool_calls:
         schema["maxItems"] = 1
     if defs:
         schema["$defs"] = defs
