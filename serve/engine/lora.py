@@ -56,6 +56,29 @@ class LoraAdapter:
     weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]  #: (layer, module) -> (A [r,in], B [out,r])
 
 
+def _read_adapter_config(name: str, path: Path) -> dict:
+    """The adapter's ``adapter_config.json`` after checking the directory's files; ArtifactError (never an
+    OSError or a JSON error: a client names the path) for anything unreadable."""
+    cfg_file, weights_file = path / "adapter_config.json", path / "adapter_model.safetensors"
+    try:
+        if not path.is_dir():
+            raise ArtifactError(f"adapter '{name}': {path} is not a directory")
+        if not cfg_file.is_file():
+            raise ArtifactError(f"adapter '{name}': {path} has no adapter_config.json")
+        if not weights_file.is_file():
+            if (path / "adapter_model.bin").exists():
+                raise ArtifactError(f"adapter '{name}': pickle weights (adapter_model.bin) are refused; save as safetensors")
+            raise ArtifactError(f"adapter '{name}': {path} has no adapter_model.safetensors")
+        cfg = json.loads(cfg_file.read_text())
+    except OSError as e:
+        raise ArtifactError(f"adapter '{name}': cannot read {str(path)[:200]} ({e.strerror or e})") from None
+    except ValueError as e:  # (UnicodeDecodeError included)
+        raise ArtifactError(f"adapter '{name}': adapter_config.json is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ArtifactError(f"adapter '{name}': adapter_config.json must hold a JSON object")
+    return cfg
+
+
 def load_peft_adapter(name: str, path: Path, spec: "LlamaSpec", max_rank: int) -> LoraAdapter:
     """Read a PEFT adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``).
 
@@ -64,16 +87,8 @@ def load_peft_adapter(name: str, path: Path, spec: "LlamaSpec", max_rank: int) -
     """
     from safetensors.torch import load_file
 
-    cfg_file, weights_file = path / "adapter_config.json", path / "adapter_model.safetensors"
-    if not path.is_dir():
-        raise ArtifactError(f"adapter '{name}': {path} is not a directory")
-    if not cfg_file.is_file():
-        raise ArtifactError(f"adapter '{name}': {path} has no adapter_config.json")
-    if not weights_file.is_file():
-        if (path / "adapter_model.bin").exists():
-            raise ArtifactError(f"adapter '{name}': pickle weights (adapter_model.bin) are refused; save as safetensors")
-        raise ArtifactError(f"adapter '{name}': {path} has no adapter_model.safetensors")
-    cfg = json.loads(cfg_file.read_text())
+    weights_file = path / "adapter_model.safetensors"
+    cfg = _read_adapter_config(name, path)
     _check_adapter_config(name, cfg, max_rank)
     r = int(cfg["r"])
     alpha = float(cfg.get("lora_alpha", r))
@@ -117,6 +132,9 @@ def _check_adapter_config(name: str, cfg: dict, max_rank: int) -> None:
         problems.append(f"bias '{cfg['bias']}' is not supported")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
         problems.append("per-module rank_pattern/alpha_pattern is not supported")
+    alpha = cfg.get("lora_alpha")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))):
+        problems.append(f"lora_alpha must be a number, got {alpha!r:.40}")
     r = cfg.get("r")
     if not isinstance(r, int) or r < 1:
         problems.append(f"r must be a positive integer, got {r!r}")

@@ -191,3 +191,16 @@ def test_stack_delta_is_b_a_x_times_scaling_per_row(lora_adapters: dict[str, Pat
     stack.set_slot(0, None)
     x = torch.randn(len(rows), spec.hidden_size).to(dtype)
     assert stack.delta(0, "qkv", x, stack.make_batch(rows))[1].abs().max() == 0, "a cleared slot adds nothing"
+
+
+def test_unreadable_paths_and_configs_are_artifact_errors(adapter_copy, spec: LlamaSpec, tmp_path: Path) -> None:
+    """Found by fuzzing the server (issue #10): a client-sent path too long for the file system, or a config
+    that is not JSON, made the load endpoint answer 500."""
+    assert "cannot read" in refused(tmp_path / ("x" * 5000), spec)
+    broken = adapter_copy()
+    (broken / "adapter_config.json").write_bytes(b"\xff{not json")
+    assert "not valid JSON" in refused(broken, spec)
+    (broken / "adapter_config.json").write_text("[1, 2]")
+    assert "must hold a JSON object" in refused(broken, spec)
+    (broken / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": "sixteen"}))
+    assert "lora_alpha must be a number" in refused(broken, spec)
