@@ -169,7 +169,7 @@ def alone(small_engine, prompt_set):
     return get
 
 
-@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=5, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(picks=st.lists(st.tuples(st.integers(0, 20), st.integers(1, 2), st.integers(0, 3)), min_size=3, max_size=7),
        cancel=st.sets(st.integers(0, 6), max_size=2), cancel_after=st.integers(1, 6))
 def test_greedy_outputs_under_churn_equal_unbatched(small_engine, prompt_set, alone, picks, cancel, cancel_after) -> None:
