@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,12 @@ def load_config(cls: type, path: Path | None, overrides: dict[str, Any]) -> Any:
                 values[key] = str(path.parent / values[key])
     values.update(overrides)
     return from_mapping(cls, values, source=str(path) if path else "flags")
+
+
+def with_absolute_paths(cfg: Any) -> Any:
+    """``cfg`` with every path made absolute, so a saved config means the same from any directory."""
+    paths = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name), Path)}
+    return dataclasses.replace(cfg, **{k: v.expanduser().absolute() for k, v in paths.items()})
 
 
 def dump_config(cfg: Any) -> str:

@@ -30,7 +30,7 @@ from train.losses import dpo_sigmoid_loss, head_kl, head_logprobs, per_row_sum, 
 from train.loop import fit
 from train.memory import read_peak, reset_peak
 from train.methods import REFERENCE, TRAINED, add_reference_adapter
-from train.session import Session, build_model, data_report, finish, open_session, report_skipped
+from train.session import Session, build_model, data_report, finish, open_session, report_skipped, start_run
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +139,7 @@ def run(cfg: DpoConfig) -> dict[str, Any]:
     """Train per ``cfg`` and write the run directory; returns the report (with the reward metrics)."""
     session = open_session(cfg)
     train, val, data = load_pairs(session)
+    start_run(session)
     model = build_model(session)
     if cfg.init_adapter is not None:
         add_reference_adapter(model, cfg.init_adapter)

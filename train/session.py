@@ -20,7 +20,7 @@ from lorafleet.loading import load_tokenizer, resolve_model
 from train import artifacts, methods, runtime
 from train.checkpointing import CHECKPOINTS
 from train.data import BadLine
-from train.config_file import EFFECTIVE_CONFIG, dump_config, read_yaml
+from train.config_file import EFFECTIVE_CONFIG, dump_config, read_yaml, with_absolute_paths
 from train.loop import LoopState
 from train.memory import PeakMemory
 from train.methods.dora import NOT_SERVABLE
@@ -41,20 +41,24 @@ class Session:
     dtype: torch.dtype  #: compute dtype
     tokenizer: Any
     console: Console  #: progress and log lines (stderr)
+    is_resuming: bool  #: --resume of an interrupted run in run_dir
 
 
 def open_session(cfg: TrainConfig) -> Session:
-    """Validate the output dir (fresh, or resumable with the same settings), save the effective config."""
+    """Resolve model, device and dtype and check the output dir (fresh, or resumable with the same settings).
+    Nothing is written until :func:`start_run`."""
     _quiet_libraries()
+    cfg = with_absolute_paths(cfg)
     model_dir = resolve_model(cfg.model)
     device = runtime.resolve_device(cfg.device)
     dtype = runtime.resolve_dtype(cfg.dtype, cfg.method, device)
-    _prepare_run_dir(cfg)
+    is_resuming = _check_run_dir(cfg)
     runtime.set_threads(cfg.num_threads)
-    return Session(cfg, cfg.output, model_dir, device, dtype, load_tokenizer(model_dir), Console(stderr=True))
+    return Session(cfg, cfg.output, model_dir, device, dtype, load_tokenizer(model_dir), Console(stderr=True), is_resuming)
 
 
-def _prepare_run_dir(cfg: TrainConfig) -> None:
+def _check_run_dir(cfg: TrainConfig) -> bool:
+    """Whether ``cfg.output`` holds an interrupted run to resume (with the same settings); raise if it cannot be used."""
     run_dir = cfg.output
     saved = run_dir / EFFECTIVE_CONFIG
     if (run_dir / artifacts.REPORT).exists():
@@ -67,11 +71,19 @@ def _prepare_run_dir(cfg: TrainConfig) -> None:
         if changed:
             diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
             raise ConfigError(f"--resume with settings different from the interrupted run in {run_dir} ({diffs})")
-        artifacts.remove_stale_temporaries(run_dir)
-        return
+        return True
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"--output {run_dir} exists and is not empty (and is not an interrupted run)")
-    artifacts.write_text(saved, dump_config(cfg))
+    return False
+
+
+def start_run(session: Session) -> None:
+    """Claim the run directory once the data has been read without error: save the effective config (a fresh
+    run) or clear a killed run's temporary files (a resumed one)."""
+    if session.is_resuming:
+        artifacts.remove_stale_temporaries(session.run_dir)
+    else:
+        artifacts.write_text(session.run_dir / EFFECTIVE_CONFIG, dump_config(session.cfg))
 
 
 def build_model(session: Session) -> Any:

@@ -15,7 +15,7 @@ from train.encode import Encoded, encode_all, pad_token_id
 from train.forward import inference, target_logprobs
 from train.loop import fit
 from train.memory import read_peak, reset_peak
-from train.session import Session, build_model, data_report, finish, open_session, report_skipped
+from train.session import Session, build_model, data_report, finish, open_session, report_skipped, start_run
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +39,15 @@ class SftTask:
     def __init__(self, train: list[Encoded], val: list[Encoded], cfg: SftConfig, pad_id: int) -> None:
         self.train, self.val, self.cfg, self.pad_id = train, val, cfg, pad_id
         self.rows = plan_rows([len(e.input_ids) for e in train], cfg.max_seq_len, cfg.packing)
-        self.num_batches = math.ceil(len(self.rows) / cfg.batch_size)
+        self.rows_per_batch = rows_per_batch(len(train), len(self.rows), cfg.batch_size)
+        self.num_batches = math.ceil(len(self.rows) / self.rows_per_batch)
         self._epoch: tuple[int, list[list[list[int]]]] | None = None
         val_rows = plan_rows([len(e.input_ids) for e in val], cfg.max_seq_len, cfg.packing)
         self.val_batches = [collate(val, b, pad_id) for b in in_order_batches(val_rows, cfg.batch_size)]
 
     def batch(self, epoch: int, index: int) -> SftBatch:
         if self._epoch is None or self._epoch[0] != epoch:
-            self._epoch = (epoch, epoch_batches(self.rows, self.cfg.batch_size, self.cfg.seed, epoch))
+            self._epoch = (epoch, epoch_batches(self.rows, self.rows_per_batch, self.cfg.seed, epoch))
         return SftBatch(collate(self.train, self._epoch[1][index], self.pad_id))
 
     def loss_sum(self, model: Any, batch: SftBatch) -> torch.Tensor:
@@ -65,10 +66,20 @@ class SftTask:
         return {"val_loss": total / max(count, 1)}
 
 
+def rows_per_batch(num_samples: int, num_rows: int, batch_size: int) -> int:
+    """Rows per micro-batch so that one holds about ``batch_size`` samples, packed or not.
+
+    Packing then changes how fast an epoch goes, not how many optimizer steps it makes, so learning rate and
+    schedule carry over when --packing is switched on.
+    """
+    return max(1, round(batch_size * num_rows / num_samples))
+
+
 def run(cfg: SftConfig) -> dict[str, Any]:
     """Train per ``cfg`` and write the run directory; returns the report."""
     session = open_session(cfg)
     train, val, data = load_data(session)
+    start_run(session)
     model = build_model(session)
     task = SftTask(train, val, cfg, pad_token_id(session.tokenizer))
     reset_peak(session.device)

@@ -53,7 +53,8 @@ class TrainConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the global gradient norm to this (0 = no clipping)."})
     epochs: int = field(default=1, metadata={"help": "Passes over the training data."})
     max_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimizer steps (overrides --epochs)."})
-    batch_size: int = field(default=8, metadata={"help": "Samples per micro-batch (with --packing: packed rows of --max-seq-len)."})
+    batch_size: int = field(
+        default=8, metadata={"help": "Samples per micro-batch (with --packing: about that many, packed into rows)."})
     grad_accum: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in the backward pass: less memory, about 30% slower."})
@@ -167,7 +168,7 @@ class TrainBenchConfig:
     num_samples: int = field(default=240, metadata={"help": "Generated chat samples (5% of them held out for val_loss)."})
     min_tokens: int = field(default=24, metadata={"help": "Shortest reply, in tokens (lengths are spread up to --max-tokens)."})
     max_tokens: int = field(default=400, metadata={"help": "Longest reply, in tokens."})
-    batch_size: int = field(default=8, metadata={"help": "Baseline batch size (samples); ours packs rows of its --max-seq-len."})
+    batch_size: int = field(default=8, metadata={"help": "Samples per micro-batch, for both runs."})
     epochs: int = field(default=1, metadata={"help": "Epochs for both runs."})
     num_threads: int | None = field(default=None, metadata={"help": "torch threads for both runs (default: all cores)."})
     seed: int = field(default=0, metadata={"help": "Seed of the data and of both runs."})

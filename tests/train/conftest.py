@@ -59,6 +59,19 @@ def dpo_run(preference_data: Path, train_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def method_runs(style_data: Path, train_root: Path) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """One short run per method on the same data and settings (2 steps of 4 samples; DoRA with --merge)."""
+    out = {}
+    for method in ("lora", "qlora", "dora"):
+        run_dir = train_root / f"method-{method}"
+        extra = ("--merge",) if method == "dora" else ()
+        out[method] = run_dir, run_cli("train", "sft", *small_run_args(
+            style_data, run_dir, "--method", method, "--max-steps", "2", "--batch-size", "4", "--lr", "2e-3",
+            "--dropout", "0", *extra))
+    return out
+
+
+@pytest.fixture(scope="session")
 def train_engine(make_engine):
     """An fp32 engine of our own (so adapters loaded here never crowd the shared one)."""
     return make_engine(max_loras=2)
