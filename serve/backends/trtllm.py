@@ -22,6 +22,22 @@ from serve.backends.engine_metrics import parse_trtllm_iteration_stats
 from serve.backends.openai_http import OpenAIHTTPBackend
 
 
+def needs_renaming(body: Any) -> bool:
+    fmt = body.get("response_format")
+    return "num_speculative_tokens" in body or (isinstance(fmt, dict) and fmt.get("type") == "json_schema")
+
+
+def rename_fields(body: dict[str, Any]) -> None:
+    """TensorRT-LLM's names where they differ (issue #11): a JSON schema goes as ``response_format={"type": "json",
+    "schema": ...}``, the form its docs show (guided-decoding feature page, openai_completion_client_json_schema.py)
+    and every trtllm-serve release accepts; lorafleet's ``num_speculative_tokens`` is dropped, as its requests
+    forbid unknown fields."""
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("json_schema"), dict):
+        body["response_format"] = {"type": "json", "schema": fmt["json_schema"].get("schema")}
+    body.pop("num_speculative_tokens", None)
+
+
 class TRTLLMBackend(OpenAIHTTPBackend):
     def __init__(self, spec: BackendSpec, client: httpx.AsyncClient | None = None) -> None:
         super().__init__(spec, client)
@@ -33,10 +49,11 @@ class TRTLLMBackend(OpenAIHTTPBackend):
         return self.spec.upstream_model
 
     def changes_body(self, req: UpstreamRequest) -> bool:
-        return req.adapter is not None or super().changes_body(req)
+        return req.adapter is not None or needs_renaming(req.body) or super().changes_body(req)
 
     def upstream_body(self, req: UpstreamRequest) -> dict[str, Any]:
         body = super().upstream_body(req)
+        rename_fields(body)
         if req.adapter is not None:
             lora_int_id, path = self._adapters[req.adapter]
             body["lora_request"] = {"lora_name": req.adapter, "lora_int_id": lora_int_id, "lora_path": path}
