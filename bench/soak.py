@@ -68,17 +68,24 @@ def _adapters(cfg: SoakConfig, root: Path) -> list[str]:
 
 
 def start_fleet(cfg: SoakConfig, stack: ExitStack) -> Fleet:
-    """Replicas (started together) and the gateway, each stopped when ``stack`` closes."""
+    """Replicas and the adapters (made while the replicas load), then the gateway; all stopped when ``stack``
+    closes."""
+    from concurrent.futures import ThreadPoolExecutor
+
     logs, work = cfg.out_dir / "logs", cfg.out_dir / "work"
     work.mkdir(parents=True, exist_ok=True)
-    adapters = _adapters(cfg, work / "adapters")
-    replica_specs = [ServerSpec(f"replica-{i}", _lorafleet(
+    replicas = [ManagedServer(ServerSpec(f"replica-{i}", _lorafleet(
         "serve", "--model", cfg.model, "--host", "127.0.0.1", "--port", "{port}", "--num-kv-blocks", str(cfg.num_kv_blocks),
         "--max-loras", str(cfg.max_adapters), "--num-threads", str(cfg.num_threads), "--log-level", "warning"),
-        {}, logs / f"replica-{i}.log", start_timeout_s=600) for i in range(cfg.replicas)]
-    replicas = [ManagedServer(s) for s in replica_specs]
-    for r in replicas:  # launch all, then wait for each: the model loads in parallel
-        stack.enter_context(r)
+        {}, logs / f"replica-{i}.log", start_timeout_s=600)) for i in range(cfg.replicas)]
+    with ThreadPoolExecutor(cfg.replicas + 1) as pool:
+        started = [pool.submit(r.__enter__) for r in replicas]
+        made = pool.submit(_adapters, cfg, work / "adapters")
+        for r in replicas:
+            stack.push(r)  # stopped on exit even if another one failed to start
+        for f in started:
+            f.result()
+        adapters = made.result()
     gw_cfg = {"backends": [{"name": f"r{i}", "kind": "embedded", "url": r.base_url, "base_model": "base",
                             "served_model": Path(cfg.model).name, "max_adapters": cfg.max_adapters}
                            for i, r in enumerate(replicas)],

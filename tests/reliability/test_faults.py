@@ -160,7 +160,7 @@ def test_replica_answering_500_fails_over(fakes, gateways, fault_case) -> None:
            "200 after a retry", max(t for *_, t in results), 3.0, wait_until_released({"gateway": lambda: gateway_leaks(gw)}))
 
 
-def test_only_replica_answering_500_is_a_clear_502(fakes, gateways, fault_case) -> None:
+def test_only_replica_answering_500_is_named_in_the_answer(fakes, gateways, fault_case) -> None:
     fake = fakes()
     fake.configure(fail_status=500)
     gw = gateways({"backends": [entry("r0", fake.url)], "limits": LIMITS})

@@ -134,7 +134,7 @@ def test_fuzz_gateway_openapi(fuzz_gateway) -> None:
     record_fuzz("gateway", stats.figures())
     assert not stats.server_errors, stats.server_errors[:5]
     assert stats.cases >= 1000, stats.by_operation
-    assert stats.statuses[200] >= 100, "too few generated requests reached the engine"
+    assert stats.statuses[200] >= 50, "too few generated requests reached the engine"
     assert httpx.get(f"{fuzz_gateway.url}/health").status_code == 200
 
 
