@@ -22,8 +22,8 @@ import pytest
 from bench.reliability import record_cases
 from bench.soak_figures import metric_total, parse_prometheus
 from tests.conftest import MODEL_NAME, NUM_THREADS, ServerHandle, _stop, _wait_ready, free_port
-from tests.serve.conftest import FakeServer, launch_fake, write_adapter_dir  # noqa: F401  (fixtures' helpers)
-from tests.serve.gateway.conftest import GatewayHandle, start_gateway
+from tests.serve.conftest import FakeServer, fake_server  # noqa: F401  (fixtures shared with tests/serve)
+from tests.serve.gateway.conftest import GatewayHandle, run_gateway  # noqa: F401
 
 ENGINE_KV_BLOCKS = 32  #: 512 tokens of KV: a handful of concurrent requests fills it
 ENGINE_MAX_MODEL_LEN = 512
@@ -142,32 +142,12 @@ def engine_server(base_model_path: Path, tmp_path_factory) -> Iterator[ServerHan
 
 
 @pytest.fixture
-def gateways() -> Iterator[Callable[..., GatewayHandle]]:
+def gateways(run_gateway) -> Callable[..., GatewayHandle]:
     """``gateways(raw_config, base_dir=..., env=...)``: a gateway (in a thread of this process), stopped at teardown."""
-    from serve.gateway.config import parse_config
-
-    started: list[GatewayHandle] = []
-
-    def run(raw: dict, base_dir: Path = Path("."), env: dict | None = None) -> GatewayHandle:
-        handle = start_gateway(parse_config(raw, base_dir, env or {}))
-        started.append(handle)
-        return handle
-
-    yield run
-    for h in started:
-        h.stop()
+    return run_gateway
 
 
 @pytest.fixture
-def fakes() -> Iterator[Callable[..., FakeServer]]:
+def fakes(fake_server) -> Callable[..., FakeServer]:
     """``fakes(model="base")``: a vLLM protocol fake in its own process group; all killed at teardown."""
-    started: list[FakeServer] = []
-
-    def start(model: str = "base", port: int | None = None) -> FakeServer:
-        server = launch_fake("vllm", model, port=port)
-        started.append(server)
-        return server
-
-    yield start
-    for s in started:
-        s.kill()
+    return lambda model="base", port=None: fake_server("vllm", model, port=port)

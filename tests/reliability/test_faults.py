@@ -37,6 +37,15 @@ def entry(name: str, url: str, base: str = "base", **kw) -> dict:
     return {"name": name, "kind": "vllm", "url": url, "base_model": base, **kw}
 
 
+def pair(fakes, gateways, **limits):
+    """Two fakes behind a round-robin gateway whose health checks are too slow to notice a fault during a test."""
+    r0, r1 = fakes(), fakes()
+    gw = gateways({"backends": [entry("r0", r0.url), entry("r1", r1.url)], "routing": {"policy": "round_robin"},
+                   "limits": {**LIMITS, **limits}})
+    gw.wait_healthy("r0", "r1")
+    return gw, r0, r1
+
+
 def sse(client: httpx.Client, body: dict, path: str = "/v1/completions") -> tuple[int, list[str], float]:
     """(status, data payloads, seconds) of one streamed request."""
     start = time.monotonic()
@@ -74,10 +83,7 @@ def test_replica_killed_mid_stream(fakes, gateways, fault_case) -> None:
 
 
 def test_replica_killed_before_first_byte_fails_over(fakes, gateways, fault_case) -> None:
-    r0, r1 = fakes(), fakes()
-    gw = gateways({"backends": [entry("r0", r0.url), entry("r1", r1.url)], "routing": {"policy": "round_robin"},
-                   "limits": LIMITS})
-    gw.wait_healthy("r0", "r1")
+    gw, r0, r1 = pair(fakes, gateways)
     r0.kill()
     with gw.client() as c:
         results = [sse(c, STREAM) for _ in range(4)]  # round robin sends two of them to the dead r0
@@ -89,10 +95,7 @@ def test_replica_killed_before_first_byte_fails_over(fakes, gateways, fault_case
 
 
 def test_hung_replica_fails_over_after_the_idle_timeout(fakes, gateways, fault_case) -> None:
-    r0, r1 = fakes(), fakes()
-    gw = gateways({"backends": [entry("r0", r0.url), entry("r1", r1.url)], "routing": {"policy": "round_robin"},
-                   "limits": {**LIMITS, "upstream_idle_timeout_s": 1.0}})
-    gw.wait_healthy("r0", "r1")
+    gw, r0, r1 = pair(fakes, gateways, upstream_idle_timeout_s=1.0)
     os.killpg(r0.process.pid, signal.SIGSTOP)  # accepts connections (the kernel does), never answers
     try:
         with gw.client() as c:
@@ -148,11 +151,8 @@ def test_slow_replica_hits_the_request_deadline(fakes, gateways, fault_case) -> 
 
 
 def test_replica_answering_500_fails_over(fakes, gateways, fault_case) -> None:
-    r0, r1 = fakes(), fakes()
+    gw, r0, r1 = pair(fakes, gateways)
     r0.configure(fail_status=500)
-    gw = gateways({"backends": [entry("r0", r0.url), entry("r1", r1.url)], "routing": {"policy": "round_robin"},
-                   "limits": LIMITS})
-    gw.wait_healthy("r0", "r1")
     with gw.client() as c:
         results = [sse(c, STREAM) for _ in range(4)]
     assert all(s == 200 and p[-1] == "[DONE]" for s, p, _ in results) and len(r1.requests()) == 4
@@ -188,11 +188,8 @@ def test_truncated_stream_ends_with_an_error_event(fakes, gateways, fault_case) 
 
 
 def test_stream_truncated_before_its_first_event_fails_over(fakes, gateways, fault_case) -> None:
-    r0, r1 = fakes(), fakes()
+    gw, r0, r1 = pair(fakes, gateways)
     r0.configure(end_after_events=0)
-    gw = gateways({"backends": [entry("r0", r0.url), entry("r1", r1.url)], "routing": {"policy": "round_robin"},
-                   "limits": LIMITS})
-    gw.wait_healthy("r0", "r1")
     with gw.client() as c:
         results = [sse(c, STREAM) for _ in range(2)]
     assert all(s == 200 and p[-1] == "[DONE]" for s, p, _ in results)
