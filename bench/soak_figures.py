@@ -6,7 +6,8 @@ of the locust run) and periodic samples (RSS per process, gateway and engine met
 * TTFT drift: p99 TTFT of requests started in the last third of the measured window over that of the first
   third;
 * a timeline of requests, errors and TTFT percentiles per window, for the report and plots;
-* Prometheus text parsed into samples, and sums over them, for counters and leak checks.
+* Prometheus text parsed into samples, and sums over them, for counters and leak checks;
+* :func:`summarize`: the soak document with the issue's keys first and its pass/fail targets.
 """
 
 from __future__ import annotations
