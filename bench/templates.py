@@ -12,6 +12,7 @@ could reuse from the naive phase is the chat template's first few tokens, less t
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -138,8 +139,11 @@ def measure_system(url: str, served_model: str, cfg: TemplateBenchConfig, reques
 def run_system(spec: ServerSpec, cfg: TemplateBenchConfig, requests: list[BenchRequest], work: Path,
                progress: Progress | None = None) -> dict[str, Any]:
     """Start one engine from ``spec`` (serving SERVED_NAME) and measure it."""
+    load_before = os.getloadavg()[0]
     with ManagedServer(spec) as srv:
-        return measure_system(srv.base_url, SERVED_NAME, cfg, requests, work / spec.name, progress)
+        result = measure_system(srv.base_url, SERVED_NAME, cfg, requests, work / spec.name, progress)
+    # The systems run one after another; their absolute TTFTs are comparable only at similar machine load.
+    return result | {"loadavg_1m": {"start": load_before, "end": os.getloadavg()[0]}}
 
 
 def engine_spec(cfg: TemplateBenchConfig, logs: Path) -> ServerSpec:
