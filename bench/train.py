@@ -1,7 +1,7 @@
 """``lorafleet bench train``: our SFT path vs a plain HF ``Trainer`` + PEFT baseline, same data, one run.
 
-The data: generated chat samples whose replies (counting, multiples, repeated words: easy to learn, so the
-validation loss means something) are spread evenly between ``--min-tokens`` and ``--max-tokens`` long, 5% of
+The data: generated chat samples whose replies (a fixed lead-in, then counting, multiples or repeated words:
+learnable, so the validation loss means something) are spread evenly between ``--min-tokens`` and ``--max-tokens`` long, 5% of
 them held out. *Ours* is ``lorafleet train sft --packing`` with every other setting at its default, run as a
 subprocess (stages do not import each other). The *baseline* is what a user writes first: the checkpoint in
 float32, PEFT LoRA with the same rank, alpha, dropout, targets, learning rate, schedule, batch size and
@@ -50,7 +50,8 @@ def make_records(num_samples: int, min_tokens: int, max_tokens: int, seed: int) 
         else:
             w = r.choice(_WORDS)
             q, a = f"Repeat the word {w} {n} times.", " ".join([w] * n)
-        records.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+        # The lead-in is a habit the base model lacks, so the validation loss has something to learn.
+        records.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f"Done: {a}"}]})
     r.shuffle(records)
     return records
 
@@ -140,7 +141,7 @@ def _baseline(cfg: TrainBenchConfig, model_dir: Path, train: list[dict], val: li
                                              target_modules="all-linear", task_type="CAUSAL_LM"))
     args = TrainingArguments(output_dir=str(work / "baseline"), per_device_train_batch_size=s["batch_size"],
                              num_train_epochs=s["epochs"], learning_rate=s["lr"], lr_scheduler_type=s["schedule"],
-                             warmup_ratio=s["warmup_ratio"], save_strategy="no", report_to=[], seed=s["seed"],
+                             warmup_steps=s["warmup_ratio"], save_strategy="no", report_to=[], seed=s["seed"],
                              logging_steps=10, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE))

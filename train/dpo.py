@@ -23,14 +23,14 @@ import torch
 
 from lorafleet.config.train import DpoConfig
 from train.batching import Batch, collate, epoch_batches, in_order_batches
-from train.data import read_pairs, read_train_val
-from train.encode import Encoded, EncodedPair, encode_all, pad_token_id
+from train.data import read_pairs
+from train.encode import Encoded, EncodedPair, pad_token_id
 from train.forward import decoder_and_head, hidden_and_targets, inference, target_logprobs
 from train.losses import dpo_sigmoid_loss, head_kl, head_logprobs, per_row_sum, reward_accuracy
 from train.loop import fit
 from train.memory import read_peak, reset_peak
 from train.methods import REFERENCE, TRAINED, add_reference_adapter
-from train.session import Session, build_model, data_report, finish, open_session, report_skipped, start_run
+from train.session import build_model, finish, load_data, open_session, start_run
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +138,7 @@ def _flatten(pairs: list[EncodedPair]) -> list[Encoded]:
 def run(cfg: DpoConfig) -> dict[str, Any]:
     """Train per ``cfg`` and write the run directory; returns the report (with the reward metrics)."""
     session = open_session(cfg)
-    train, val, data = load_pairs(session)
+    train, val, data = load_data(session, read_pairs, "pairs")
     start_run(session)
     model = build_model(session)
     if cfg.init_adapter is not None:
@@ -151,14 +151,3 @@ def run(cfg: DpoConfig) -> dict[str, Any]:
     extra = {k: last.get(k) for k in ("reward_accuracy", "reward_margin", "kl_to_ref")}
     extra.update({f"initial_{k}": first.get(k) for k in ("reward_accuracy", "reward_margin", "kl_to_ref")})
     return finish(session, model, "dpo", state, read_peak(session.device), data, {"beta": cfg.beta, **extra})
-
-
-def load_pairs(session: Session) -> tuple[list[EncodedPair], list[EncodedPair], dict[str, Any]]:
-    """Read, split and encode the preference pairs; every pair not trained on is counted and reported."""
-    cfg = session.cfg
-    pairs, val_pairs, bad = read_train_val(read_pairs, cfg.data, cfg.val_data, cfg.val_fraction, cfg.skip_bad)
-    report_skipped(session.console, bad)
-    train, dropped = encode_all(session.tokenizer, pairs, cfg.max_seq_len)
-    val, dropped_val = encode_all(session.tokenizer, val_pairs, cfg.max_seq_len)
-    data = data_report(session, train, val, bad, dropped + dropped_val, "pairs")
-    return train, val, data

@@ -8,7 +8,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from rich.console import Console
@@ -19,7 +19,8 @@ from lorafleet.errors import ConfigError
 from lorafleet.loading import load_tokenizer, resolve_model
 from train import artifacts, methods, runtime
 from train.checkpointing import CHECKPOINTS
-from train.data import BadLine
+from train.data import BadLine, read_train_val
+from train.encode import encode_all
 from train.config_file import EFFECTIVE_CONFIG, dump_config, read_yaml, with_absolute_paths
 from train.loop import LoopState
 from train.memory import PeakMemory
@@ -129,9 +130,20 @@ def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def data_report(session: Session, train: list[Any], val: list[Any], bad: list[BadLine], dropped: list[Any],
-                unit: str) -> dict[str, Any]:
-    """The ``data`` section of the report; says on the console what was truncated or left out, and why."""
+def load_data(session: Session, reader: Callable[[Path, bool], Any], unit: str) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """Read (with ``reader``: samples or pairs), split and encode the data: (train, val, the report's ``data``).
+    Every line or sample not trained on is counted, reported and said on the console."""
+    cfg = session.cfg
+    items, val_items, bad = read_train_val(reader, cfg.data, cfg.val_data, cfg.val_fraction, cfg.skip_bad)
+    for b in bad:
+        session.console.print(f"[yellow]skipped[/] {b}", soft_wrap=True, highlight=False)
+    train, dropped = encode_all(session.tokenizer, items, cfg.max_seq_len)
+    val, dropped_val = encode_all(session.tokenizer, val_items, cfg.max_seq_len)
+    return train, val, _data_report(session, train, val, bad, dropped + dropped_val, unit)
+
+
+def _data_report(session: Session, train: list[Any], val: list[Any], bad: list[BadLine], dropped: list[Any],
+                 unit: str) -> dict[str, Any]:
     cfg = session.cfg
     if not train:
         raise ConfigError(f"{cfg.data}: no {unit} has reply tokens left within --max-seq-len {cfg.max_seq_len}")
@@ -143,11 +155,6 @@ def data_report(session: Session, train: list[Any], val: list[Any], bad: list[Ba
     session.console.print(f"data: {len(train)} train / {len(val)} val {unit}, {num_tokens} train tokens")
     return {"num_train": len(train), "num_val": len(val), "num_train_tokens": num_tokens, "num_truncated": num_truncated,
             "num_skipped": len(bad), "skipped": [b.as_dict() for b in bad], "without_targets": [x.line for x in dropped]}
-
-
-def report_skipped(console: Console, bad: list[BadLine]) -> None:
-    for b in bad:
-        console.print(f"[yellow]skipped[/] {b}", soft_wrap=True, highlight=False)
 
 
 def _quiet_libraries() -> None:

@@ -10,12 +10,12 @@ import torch
 
 from lorafleet.config.train import SftConfig
 from train.batching import Batch, collate, epoch_batches, in_order_batches, plan_rows
-from train.data import read_samples, read_train_val
-from train.encode import Encoded, encode_all, pad_token_id
+from train.data import read_samples
+from train.encode import Encoded, pad_token_id
 from train.forward import inference, target_logprobs
 from train.loop import fit
 from train.memory import read_peak, reset_peak
-from train.session import Session, build_model, data_report, finish, open_session, report_skipped, start_run
+from train.session import build_model, finish, load_data, open_session, start_run
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,21 +78,10 @@ def rows_per_batch(num_samples: int, num_rows: int, batch_size: int) -> int:
 def run(cfg: SftConfig) -> dict[str, Any]:
     """Train per ``cfg`` and write the run directory; returns the report."""
     session = open_session(cfg)
-    train, val, data = load_data(session)
+    train, val, data = load_data(session, read_samples, "samples")
     start_run(session)
     model = build_model(session)
     task = SftTask(train, val, cfg, pad_token_id(session.tokenizer))
     reset_peak(session.device)
     state = fit(model, task, cfg, session.run_dir, session.console)
     return finish(session, model, "sft", state, read_peak(session.device), data)
-
-
-def load_data(session: Session) -> tuple[list[Encoded], list[Encoded], dict[str, Any]]:
-    """Read, split and encode the data; every sample not trained on is counted and reported."""
-    cfg = session.cfg
-    samples, val_samples, bad = read_train_val(read_samples, cfg.data, cfg.val_data, cfg.val_fraction, cfg.skip_bad)
-    report_skipped(session.console, bad)
-    train, dropped = encode_all(session.tokenizer, samples, cfg.max_seq_len)
-    val, dropped_val = encode_all(session.tokenizer, val_samples, cfg.max_seq_len)
-    data = data_report(session, train, val, bad, dropped + dropped_val, "samples")
-    return train, val, data

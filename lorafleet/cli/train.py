@@ -44,14 +44,19 @@ def _options(cls: type) -> list[inspect.Parameter]:
     return params
 
 
-def _command(cls: type, run: Callable[[dict[str, Any], Optional[Path]], None], with_config: bool) -> Callable[..., None]:
-    """A typer callback whose flags are ``cls``'s fields; it passes ``run`` the flags the user actually gave."""
+def _command(cls: type, target: str, with_config: bool) -> Callable[..., None]:
+    """A typer callback whose flags are ``cls``'s fields (plus ``--config`` for training); it builds the config
+    from the flags the user actually gave (over the YAML file) and calls ``target`` with it."""
 
     def command(ctx: typer.Context, **values: Any) -> None:
         config = values.pop("config", None)
         # By name: typer vendors its own click, so the enum class depends on the typer version.
         given = {k: v for k, v in values.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
-        run(given, config)
+        if with_config:
+            cfg = call("train.config_file:load_config", cls, config, given)
+        else:
+            cfg = call("lorafleet.config.train:from_mapping", cls, given, "flags")
+        call(target, cfg)
 
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
     if with_config:
@@ -61,38 +66,20 @@ def _command(cls: type, run: Callable[[dict[str, Any], Optional[Path]], None], w
     return command
 
 
-def _training(cls: type, target: str) -> Callable[[dict[str, Any], Optional[Path]], None]:
-    def run(given: dict[str, Any], config: Optional[Path]) -> None:
-        cfg = call("train.config_file:load_config", cls, config, given)
-        call(target, cfg)
-
-    return run
-
-
-def _from_flags(cls: type, target: str) -> Callable[[dict[str, Any], Optional[Path]], None]:
-    def run(given: dict[str, Any], _config: Optional[Path]) -> None:
-        cfg = call("lorafleet.config.train:from_mapping", cls, given, "flags")
-        call(target, cfg)
-
-    return run
-
-
-train_app.command(
-    "sft", help="Supervised fine-tuning on chat / prompt-completion / text JSONL into a PEFT adapter "
-                "(loss on assistant tokens only). Writes OUTPUT/adapter, report.json, loss.png, config.yaml."
-)(_command(SftConfig, _training(SftConfig, "train.sft:run"), with_config=True))
-
-train_app.command(
-    "dpo", help="Direct preference optimization on JSONL of prompt (or messages), chosen, rejected, against the "
-                "frozen reference (the base, or --init-adapter) without a second model copy."
-)(_command(DpoConfig, _training(DpoConfig, "train.dpo:run"), with_config=True))
-
-train_app.command(
-    "merge", help="Merge an adapter (LoRA or DoRA) into its base reloaded in full precision; saves an HF "
-                  "safetensors checkpoint with tokenizer and chat template that `lorafleet serve` and vLLM load."
-)(_command(MergeConfig, _from_flags(MergeConfig, "train.merge:run"), with_config=False))
-
-bench_app.command(
-    "train", help="Our SFT path (packing + defaults) vs a plain HF Trainer + PEFT baseline on the same "
-                  "variable-length data, in one run: tokens_per_s and val_loss of each."
-)(_command(TrainBenchConfig, _from_flags(TrainBenchConfig, "bench.train:run"), with_config=False))
+# (typer app, command, config class, library function, takes --config, help)
+_COMMANDS = (
+    (train_app, "sft", SftConfig, "train.sft:run", True,
+     "Supervised fine-tuning on chat / prompt-completion / text JSONL into a PEFT adapter (loss on assistant "
+     "tokens only). Writes OUTPUT/adapter, report.json, loss.png, config.yaml."),
+    (train_app, "dpo", DpoConfig, "train.dpo:run", True,
+     "Direct preference optimization on JSONL of prompt (or messages), chosen, rejected, against the frozen "
+     "reference (the base, or --init-adapter) without a second model copy."),
+    (train_app, "merge", MergeConfig, "train.merge:run", False,
+     "Merge an adapter (LoRA or DoRA) into its base reloaded in full precision; saves an HF safetensors "
+     "checkpoint with tokenizer and chat template that `lorafleet serve` and vLLM load."),
+    (bench_app, "train", TrainBenchConfig, "bench.train:run", False,
+     "Our SFT path (packing + defaults) vs a plain HF Trainer + PEFT baseline on the same variable-length data, "
+     "in one run: tokens_per_s and val_loss of each."),
+)
+for _app, _name, _cls, _target, _with_config, _help in _COMMANDS:
+    _app.command(_name, help=_help)(_command(_cls, _target, _with_config))

@@ -165,9 +165,9 @@ class TrainBenchConfig:
 
     json_path: Path = field(metadata={"help": "Where to write the results JSON."})
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "Base model name or checkpoint dir."})
-    num_samples: int = field(default=240, metadata={"help": "Generated chat samples (5% of them held out for val_loss)."})
-    min_tokens: int = field(default=24, metadata={"help": "Shortest reply, in tokens (lengths are spread up to --max-tokens)."})
-    max_tokens: int = field(default=400, metadata={"help": "Longest reply, in tokens."})
+    num_samples: int = field(default=160, metadata={"help": "Generated chat samples (5% of them held out for val_loss)."})
+    min_tokens: int = field(default=16, metadata={"help": "Shortest reply, in tokens (lengths are spread up to --max-tokens)."})
+    max_tokens: int = field(default=384, metadata={"help": "Longest reply, in tokens."})
     batch_size: int = field(default=8, metadata={"help": "Samples per micro-batch, for both runs."})
     epochs: int = field(default=1, metadata={"help": "Epochs for both runs."})
     num_threads: int | None = field(default=None, metadata={"help": "torch threads for both runs (default: all cores)."})
@@ -196,7 +196,8 @@ def from_mapping(cls: type, values: dict[str, Any], source: str = "config") -> A
     for name, f in fields.items():
         if name not in values:
             if f.default is dataclasses.MISSING:
-                problems.append(f"{name} is required (--{name.replace('_', '-')} or '{name}:' in the config file)")
+                hint = "" if source == "flags" else f" or '{name}:' in {source}"
+                problems.append(f"{name} is required (--{name.replace('_', '-')}{hint})")
             continue
         try:
             kwargs[name] = _coerce(str(f.type), values[name])

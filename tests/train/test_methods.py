@@ -5,7 +5,6 @@ with that hint, and the merged DoRA checkpoint answers exactly as PEFT's unmerge
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -21,12 +21,16 @@ pytestmark = pytest.mark.timeout(900)
 # 8 samples, 2 per micro-batch, 2 micro-batches per step: 2 steps per epoch, so 5 steps cross 2 epoch
 # boundaries; dropout 0.1 makes the result depend on the restored RNG state.
 SETTINGS = ("--max-steps", "5", "--batch-size", "2", "--grad-accum", "2", "--dropout", "0.1", "--lr", "1e-3",
-            "--val-fraction", "0", "--seed", "3")
+            "--val-fraction", "0", "--seed", "3", "--skip-bad")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return write_jsonl(tmp_path_factory.mktemp("resume") / "data.jsonl", style_records(8, seed=5))
+    """8 good samples and, on line 5, a bad one that --skip-bad skips and reports."""
+    path = write_jsonl(tmp_path_factory.mktemp("resume") / "data.jsonl", style_records(8, seed=5))
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:4]) + '{"prompt": "no completion"}\n' + "".join(lines[4:]))
+    return path
 
 
 def _args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -54,7 +58,10 @@ def _one_line_error(*args: str) -> str:
 
 def test_resume_after_sigkill_matches_uninterrupted_run(data: Path, tmp_path: Path) -> None:
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    run_cli(*_args(data, straight))
+    printed = run_cli(*_args(data, straight)).stderr
+    assert f"skipped {data}:5: 'completion' must be a non-empty string" in " ".join(printed.split())
+    skipped = json.loads((straight / "report.json").read_text())["data"]["skipped"]
+    assert skipped == [{"file": str(data), "line": 5, "reason": "'completion' must be a non-empty string (or one assistant message)"}]
     _kill_after_first_checkpoint(data, killed)
     assert not (killed / "report.json").exists() and not (killed / "adapter").exists()
 
