@@ -95,7 +95,7 @@ class DpoTask:
 
     def loss_sum(self, model: Any, batch: PairBatch) -> torch.Tensor:
         policy = sequence_logps(model, batch.tensors).chunk(2)
-        loss, _, _ = dpo_sigmoid_loss(*policy, *batch.ref_logps.chunk(2), beta=self.cfg.beta)
+        loss, _, _ = dpo_sigmoid_loss(*policy, *batch.ref_logps.to(policy[0].device).chunk(2), beta=self.cfg.beta)
         return loss.sum()
 
     def evaluate(self, model: Any) -> dict[str, float]:
@@ -110,9 +110,9 @@ class DpoTask:
                 policy = per_row_sum(head_logprobs(h_policy, head, targets), rows, 2 * b.num_pairs).chunk(2)
             with reference_policy(model, self.has_ref):
                 h_ref, _, _ = hidden_and_targets(model, b.tensors)
-            loss, c, r = dpo_sigmoid_loss(*policy, *b.ref_logps.chunk(2), beta=self.cfg.beta)
+            loss, c, r = dpo_sigmoid_loss(*policy, *b.ref_logps.to(policy[0].device).chunk(2), beta=self.cfg.beta)
             losses.append(loss), chosen.append(c), rejected.append(r), kls.append(head_kl(h_policy, h_ref, head))
-        c, r = torch.cat(chosen), torch.cat(rejected)
+        c, r = torch.cat(chosen).cpu(), torch.cat(rejected).cpu()
         return {"val_loss": float(torch.cat(losses).mean()), "reward_accuracy": reward_accuracy(c, r),
                 "reward_margin": float((c - r).mean()), "kl_to_ref": float(torch.cat(kls).mean())}
 
