@@ -140,11 +140,10 @@ def quantize_one(run: Runner, base: Path, base_ppl: float, cfg: OptimizeBenchCon
     return entry
 
 
-def quantize_all(run: Runner, base: Path, base_ppl: float, cfg: OptimizeBenchConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def quantize_all(run: Runner, base: Path, base_ppl: float, cfg: OptimizeBenchConfig, out: dict[str, Any], save) -> None:
     for scheme in SCHEMES:
         guarded(out, scheme, run.console, quantize_one, run, base, base_ppl, cfg, scheme)
-    return out
+        save()
 
 
 def kv_all(run: Runner, base: Path, vllm_base: dict[str, Any] | None) -> dict[str, Any]:
@@ -192,11 +191,10 @@ def prune_one(run: Runner, base: Path, base_ppl: float, cfg: OptimizeBenchConfig
     return entry
 
 
-def prune_all(run: Runner, base: Path, base_ppl: float, cfg: OptimizeBenchConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def prune_all(run: Runner, base: Path, base_ppl: float, cfg: OptimizeBenchConfig, out: dict[str, Any], save) -> None:
     for kind in ("depth", "width"):
         guarded(out, kind, run.console, prune_one, run, base, base_ppl, cfg, kind)
-    return out
+        save()
 
 
 def split_keys(details: dict[str, Any]) -> dict[str, Any]:
@@ -256,13 +254,15 @@ def run(cfg: OptimizeBenchConfig) -> dict[str, Any]:
         results["base"].update(vllm_ppl_bf16=vllm_base["ppl"], vllm_answer=vllm_base["vllm_answer"],
                                vllm_kv_cache_tokens=vllm_base["vllm_kv_cache_tokens"])
     details: dict[str, Any] = {"quantize": {}, "kv": {}, "prune": {}}
-    # cheapest per finding first: KV (one checkpoint, engine runs), pruning, then the quantization schemes
-    sections = (("kv", kv_all, (runner, base, vllm_base)), ("prune", prune_all, (runner, base, base_r["ppl"], cfg)),
-                ("quantize", quantize_all, (runner, base, base_r["ppl"], cfg)))
-    for i, (name, fn, args) in enumerate(sections):
-        guarded(details, name, console, fn, *args)
-        # written after every section, so an interrupted run still leaves what it measured (complete: false)
-        _write(cfg, results, details, time.perf_counter() - t0, complete=i == len(sections) - 1)
+
+    def save(complete: bool = False) -> None:  # after every entry: an interrupted run keeps what it measured
+        _write(cfg, results, details, time.perf_counter() - t0, complete)
+
+    guarded(details, "kv", console, kv_all, runner, base, vllm_base)  # cheapest per finding first
+    save()
+    prune_all(runner, base, base_r["ppl"], cfg, details["prune"], save)
+    quantize_all(runner, base, base_r["ppl"], cfg, details["quantize"], save)
+    save(complete=True)
     table = Table(title=f"bench optimize ({cfg.model})")
     for col in ("target", "value", "met"):
         table.add_column(col)
