@@ -34,3 +34,27 @@ def test_engine_serves_shorter_answers_than_the_base(dpo_run: Path, train_engine
     base = [len(tokenizer(t).input_ids) for t in greedy(train_engine, prompts, max_tokens=48)]
     assert sum(t < b for t, b in zip(tuned, base)) >= len(prompts) - 1, (tuned, base)
     assert sum(tuned) < 0.7 * sum(base), (tuned, base)
+
+
+def test_dpo_from_an_sft_adapter_uses_it_as_the_reference(style_run: Path, train_root: Path) -> None:
+    """--init-adapter: training starts from the SFT adapter and the reference is base + that adapter (a frozen
+    copy), so at step 0 the policy equals the reference: KL 0 and rewards all but tied. Were the reference the
+    bare base, the style adapter alone would put the KL far above 0."""
+    from tests.train.helpers import preference_prompts, preference_records, run_cli, small_run_args, write_jsonl
+
+    prompts = preference_prompts()[:8]
+    data = write_jsonl(train_root / "prefs-small.jsonl",
+                       preference_records(prompts, [f"Well, {a} And there is much more to say." for _, a in prompts]))
+    out = train_root / "dpo-from-sft"
+    run_cli("train", "dpo", *small_run_args(data, out, "--init-adapter", str(style_run / "adapter"), "--max-steps", "2",
+                                            "--batch-size", "2", "--lr", "1e-3", "--dropout", "0", "--val-fraction", "0.5"))
+    report = json.loads((out / "report.json").read_text())
+    # Equal up to bfloat16 rounding (policy and reference see the pairs in differently padded batches).
+    assert report["initial_kl_to_ref"] == pytest.approx(0, abs=1e-3)
+    assert report["initial_reward_margin"] == pytest.approx(0, abs=0.02)
+    assert report["kl_to_ref"] > report["initial_kl_to_ref"]
+    from safetensors.torch import load_file
+
+    before = load_file(style_run / "adapter" / "adapter_model.safetensors")
+    after = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert before.keys() == after.keys() and any(not (before[k] == after[k]).all() for k in before)
