@@ -45,7 +45,7 @@ def test_small_bench_meets_the_targets_on_our_engine(server, tmp_path: Path) -> 
     engine = measure_system(server.base_url, server.model, cfg, make_requests(NUM_REQUESTS, cfg.seed), tmp_path)
     naive, compiled = engine["phases"]["naive"], engine["phases"]["compiled"]
     assert engine["block_size"] == 16  # read from vllm:cache_config_info, as compile read it
-    assert naive["prefix_cache_queries"] > 25_000 and compiled["prefix_cache_queries"] > 25_000  # ~850 tokens each
+    assert naive["prefix_cache_queries"] == compiled["prefix_cache_queries"] > 15_000  # ~640 tokens each, same prompts
     assert naive["hit_rate"] < 0.10, naive
     assert compiled["hit_rate"] >= 0.70, compiled
     assert naive["ttft_ms_mean"] >= 2 * compiled["ttft_ms_mean"], (naive, compiled)
