@@ -26,11 +26,14 @@ def decoder_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Linear]:
 def hidden_and_targets(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Final hidden states at labelled positions [N, H], their target ids [N] and row indices [N]."""
     decoder, _ = decoder_and_head(model)
-    device = decoder.get_input_embeddings().weight.device
+    embeddings = decoder.get_input_embeddings().weight
+    device = embeddings.device
     input_ids, labels = batch.input_ids.to(device), batch.labels.to(device)
-    # No attention mask: with use_cache=False transformers builds the block-diagonal causal mask from the
-    # restarting position ids (see train.batching).
-    hidden = decoder(input_ids=input_ids, position_ids=batch.position_ids.to(device), use_cache=False).last_hidden_state
+    # A bfloat16 base runs under autocast, so the float32 adapter weights meet bfloat16 activations in bfloat16
+    # matmuls (see train.methods.build_model). No attention mask: with use_cache=False transformers builds the
+    # block-diagonal causal mask from the restarting position ids (see train.batching).
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=embeddings.dtype == torch.bfloat16):
+        hidden = decoder(input_ids=input_ids, position_ids=batch.position_ids.to(device), use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     selected = targets != IGNORE  # [B, T-1]
     rows = torch.arange(labels.shape[0], device=device)[:, None].expand_as(selected)[selected]

@@ -165,10 +165,10 @@ class TrainBenchConfig:
 
     json_path: Path = field(metadata={"help": "Where to write the results JSON."})
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "Base model name or checkpoint dir."})
-    num_samples: int = field(default=160, metadata={"help": "Generated chat samples (5% of them held out for val_loss)."})
+    num_samples: int = field(default=128, metadata={"help": "Generated chat samples (5% of them held out for val_loss)."})
     min_tokens: int = field(default=16, metadata={"help": "Shortest reply, in tokens (lengths are spread up to --max-tokens)."})
-    max_tokens: int = field(default=384, metadata={"help": "Longest reply, in tokens."})
-    batch_size: int = field(default=8, metadata={"help": "Samples per micro-batch, for both runs."})
+    max_tokens: int = field(default=256, metadata={"help": "Longest reply, in tokens."})
+    batch_size: int = field(default=4, metadata={"help": "Samples per micro-batch, for both runs."})
     epochs: int = field(default=1, metadata={"help": "Epochs for both runs."})
     num_threads: int | None = field(default=None, metadata={"help": "torch threads for both runs (default: all cores)."})
     seed: int = field(default=0, metadata={"help": "Seed of the data and of both runs."})
