@@ -65,3 +65,11 @@ def test_packed_samples_do_not_attend_to_each_other(hf_model, tokenizer) -> None
     n0 = len(alone[0])
     torch.testing.assert_close(contaminated[:n0], alone[0], atol=2e-4, rtol=1e-4)
     assert (contaminated[n0:] - torch.cat(alone[1:])).abs().max() > 0.05
+
+
+def test_a_packed_micro_batch_holds_about_batch_size_samples() -> None:
+    from train.sft import rows_per_batch
+
+    assert rows_per_batch(num_samples=100, num_rows=100, batch_size=8) == 8  # unpacked: rows are samples
+    assert rows_per_batch(num_samples=100, num_rows=25, batch_size=8) == 2  # 4 samples per packed row
+    assert rows_per_batch(num_samples=100, num_rows=5, batch_size=8) == 1  # never less than one row
