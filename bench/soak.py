@@ -56,15 +56,13 @@ def _lorafleet(*args: str) -> list[str]:
     return [sys.executable, "-m", "lorafleet.cli", *args]
 
 
-def _adapters(cfg: SoakConfig, root: Path) -> list[str]:
+def _adapters(cfg: SoakConfig) -> dict[str, Path]:
+    """``{name: dir}`` of the soak's random adapters (made once, kept under ``$LORAFLEET_HOME/bench/soak-adapters``)."""
+    from bench.adapters import cached_random_adapters
     from lorafleet.loading import resolve_model
-    from lorafleet.synthetic import make_random_lora_adapter
 
-    names = [f"soak-a{i}" for i in range(cfg.num_adapters)]
-    for seed, name in enumerate(names):
-        if not (root / name).exists():
-            make_random_lora_adapter(resolve_model(cfg.model), root / name, rank=8, alpha=16, seed=seed, std=0.02)
-    return names
+    return cached_random_adapters(resolve_model(cfg.model), cfg.num_adapters, cache="soak-adapters", name_prefix="soak-a",
+                                  seed=0)
 
 
 def start_fleet(cfg: SoakConfig, stack: ExitStack) -> Fleet:
@@ -80,7 +78,7 @@ def start_fleet(cfg: SoakConfig, stack: ExitStack) -> Fleet:
         {}, logs / f"replica-{i}.log", start_timeout_s=600)) for i in range(cfg.replicas)]
     with ThreadPoolExecutor(cfg.replicas + 1) as pool:
         started = [pool.submit(r.__enter__) for r in replicas]
-        made = pool.submit(_adapters, cfg, work / "adapters")
+        made = pool.submit(_adapters, cfg)
         for r in replicas:
             stack.push(r)  # stopped on exit even if another one failed to start
         for f in started:
@@ -89,8 +87,8 @@ def start_fleet(cfg: SoakConfig, stack: ExitStack) -> Fleet:
     gw_cfg = {"backends": [{"name": f"r{i}", "kind": "embedded", "url": r.base_url, "base_model": "base",
                             "served_model": Path(cfg.model).name, "max_adapters": cfg.max_adapters}
                            for i, r in enumerate(replicas)],
-              "adapter_roots": [str(work / "adapters")],
-              "adapters": [{"name": n, "path": n, "base_model": "base"} for n in adapters],
+              "adapter_roots": sorted({str(p.parent) for p in adapters.values()}),
+              "adapters": [{"name": n, "path": str(p), "base_model": "base"} for n, p in adapters.items()],
               "auth": {"keys": [{"name": "soak", "key_env": "LORAFLEET_SOAK_KEY"}]},
               "limits": {"health_interval_s": 2.0}}
     (work / "gateway.yaml").write_text(yaml.safe_dump(gw_cfg))
