@@ -90,3 +90,10 @@ bench-optimize: setup vllm-venv llmcompressor-venv
 
 bench-templates: setup vllm-venv
 	$(VENV)/bin/lorafleet bench templates --json bench/results/templates.json
+
+# The 30-minute soak of issue #10 (about 33 minutes; run it on a quiet machine). It merges `soak` into
+# bench/results/reliability.json and exits 2 if a target is missed.
+.PHONY: bench-soak
+
+bench-soak: setup
+	$(VENV)/bin/lorafleet bench soak --minutes 30 --out $(HOME)/.cache/lorafleet/bench/soak-30
