@@ -8,13 +8,16 @@ float32, PEFT LoRA with the same rank, alpha, dropout, targets, learning rate, s
 epochs, HF ``Trainer`` with ``DataCollatorForSeq2Seq`` padding each batch to its longest sample.
 
 ``tokens_per_s``: non-padding tokens trained per second of training (model loading and evaluation excluded).
-``val_loss``: token-weighted cross-entropy on the held-out replies, computed the same way for both.
+``val_loss``: token-weighted cross-entropy on the held-out replies, computed the same way for both: each
+adapter on the float32 base, one sample at a time (``ours.report_val_loss`` is what our run measured in its own
+compute dtype).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -66,22 +69,28 @@ def run(cfg: TrainBenchConfig) -> dict[str, Any]:
         work = Path(tmp)
         for name, rows in (("train", train), ("val", val)):
             (work / f"{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+        load = {"before_ours": os.getloadavg()[0]}
         ours = _ours(cfg, model_dir, work)
+        load["before_baseline"] = os.getloadavg()[0]
         baseline = _baseline(cfg, model_dir, train, val, work)
-    tokenizer = load_tokenizer(model_dir)
+        load["after_baseline"] = os.getloadavg()[0]
+        tokenizer = load_tokenizer(model_dir)
+        ours_val, untrained_val = _adapter_val_loss(model_dir, work / "ours" / "adapter", tokenizer, val)
     lengths = [len(_encode(tokenizer, r)[0]) for r in train]
     results = {
         "tokens_per_s": {"ours": ours["tokens_per_s"], "baseline": baseline["tokens_per_s"]},
         "speedup": ours["tokens_per_s"] / baseline["tokens_per_s"],
-        "val_loss": {"ours": ours["val_loss"], "baseline": baseline["val_loss"]},
-        "initial_val_loss": ours["initial_val_loss"],
+        "val_loss": {"ours": ours_val, "baseline": baseline["val_loss"]},
+        "initial_val_loss": untrained_val,
         "target": {"speedup_min": TARGET_SPEEDUP, "met": ours["tokens_per_s"] >= TARGET_SPEEDUP * baseline["tokens_per_s"]},
         "data": {"num_train": len(train), "num_val": len(val), "tokens_min": min(lengths), "tokens_max": max(lengths),
                  "tokens_mean": sum(lengths) / len(lengths), "epochs": cfg.epochs},
-        "ours": {k: ours[k] for k in ("dtype", "steps", "train_time_s", "peak_memory_bytes")} | {"flags": ours["flags"]},
+        "ours": {k: ours[k] for k in ("dtype", "steps", "train_time_s", "peak_memory_bytes")}
+        | {"flags": ours["flags"], "report_val_loss": ours["val_loss"], "report_initial_val_loss": ours["initial_val_loss"]},
         "baseline": baseline,
         "settings": _shared_settings(cfg),
-        "system": {"cpu": cpu_info(), "versions": versions("torch", "transformers", "peft", "bitsandbytes")},
+        "system": {"cpu": cpu_info(), "load_avg_1min": load,
+                   "versions": versions("torch", "transformers", "peft", "bitsandbytes")},
     }
     cfg.json_path.parent.mkdir(parents=True, exist_ok=True)
     cfg.json_path.write_text(json.dumps(results, indent=2) + "\n")
@@ -153,6 +162,19 @@ def _baseline(cfg: TrainBenchConfig, model_dir: Path, train: list[dict], val: li
     return {"tokens_per_s": num_tokens / metrics["train_runtime"], "val_loss": _val_loss(model, tokenizer, val),
             "train_time_s": metrics["train_runtime"], "wall_s": wall, "steps": trainer.state.global_step,
             "dtype": "float32"}
+
+
+def _adapter_val_loss(model_dir: Path, adapter: Path, tokenizer: Any, val: list[dict]) -> tuple[float, float]:
+    """(with ``adapter``, without it): validation loss of our adapter on the float32 base, computed exactly as
+    the baseline's, so the comparison is of training and not of evaluation precision."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), adapter)
+    with model.disable_adapter():
+        untrained = _val_loss(model, tokenizer, val)
+    return _val_loss(model, tokenizer, val), untrained
 
 
 def _val_loss(model: Any, tokenizer: Any, val: list[dict]) -> float:
