@@ -19,9 +19,9 @@ from lorafleet.errors import ConfigError
 from lorafleet.loading import load_tokenizer, resolve_model
 from train import artifacts, methods, runtime
 from train.checkpointing import CHECKPOINTS
+from train.config_file import EFFECTIVE_CONFIG, dump_config, read_yaml, with_absolute_paths
 from train.data import BadLine, read_train_val
 from train.encode import encode_all
-from train.config_file import EFFECTIVE_CONFIG, dump_config, read_yaml, with_absolute_paths
 from train.loop import LoopState
 from train.memory import PeakMemory
 from train.methods.dora import NOT_SERVABLE
