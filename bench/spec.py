@@ -6,7 +6,11 @@ Every prompt asks the model to rewrite, copy or extract from a passage given in 
 lookup is for), single stream, greedy, ``output_tokens`` tokens (ignore_eos). Off and on runs alternate, so
 load from other processes hits both arms alike; TPOT is (last token − first token) / (tokens − 1) as the
 client sees it, the median over runs and prompts. The acceptance rate comes from the server's
-``vllm:spec_decode_*`` counters; ``identical`` compares the greedy texts of the two arms.
+``vllm:spec_decode_*`` counters; ``identical`` compares the greedy texts of every run of both arms.
+
+Each prompt is sent once before it is measured, so every measured run starts from the same prefix-cache
+state: a cold prefill and a warm one round bf16 differently, which would be a difference between runs, not
+between the arms.
 """
 
 from __future__ import annotations
@@ -102,7 +106,8 @@ async def _measure(base_url: str, cfg: SpecBenchConfig, progress: Progress) -> d
     task = progress.add_task("off/on pairs", total=len(prompts) * cfg.repeats)
     per_prompt, identical = [], True
     async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(600.0)) as client:
-        await _stream_chat(client, prompts[0], 8, 0)  # warm-up: kernels, allocator, first-request paths
+        for messages in prompts:  # warm-up: kernels and allocator, and each prompt's blocks in the prefix cache
+            await _stream_chat(client, messages, 8, 0)
         await _stream_chat(client, prompts[0], 8, cfg.num_speculative_tokens)
         drafted0, accepted0 = _spec_counters(base_url)
         for messages in prompts:
