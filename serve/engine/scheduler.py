@@ -154,6 +154,8 @@ class Scheduler:
         now = time.monotonic()
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
+            if self.running and len(self.running) + 1 + len(seq.forks) > self.max_num_seqs:
+                break  # its choices join the batch when its prompt is done: wait for room for all of them
             prefix = self.bm.match_prefix(seq)
             n = min(seq.num_tokens - prefix.num_tokens, budget)
             if not self.bm.allocate_slots(seq, n, prefix):

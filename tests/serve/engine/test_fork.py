@@ -123,3 +123,17 @@ def test_scheduler_forks_after_the_prompt_and_computes_it_once() -> None:
     for s in (first, *forks):
         sched.finish(s, SeqStatus.FINISHED_LENGTH_CAPPED)
     assert sched.bm.num_free_blocks == 32
+
+
+def test_a_request_is_admitted_when_all_its_choices_fit() -> None:
+    sched = Scheduler(BlockManager(64, BS), max_num_seqs=4, max_num_batched_tokens=64)
+    solo = seq("solo", 5)
+    sched.add(solo)
+    sched.commit(sched.schedule())
+    many = seq("many", 6, n=4)
+    many.forks = [seq(f"many#{i}", 6, n=4, index=i) for i in (1, 2, 3)]
+    sched.add(many)
+    solo.token_ids.append(1)
+    assert [it.seq.seq_id for it in sched.schedule().scheduled] == ["solo"], "1 + 4 choices > max_num_seqs 4"
+    sched.finish(solo, SeqStatus.FINISHED_STOPPED)
+    assert [it.seq.seq_id for it in sched.schedule().scheduled] == ["many"]

