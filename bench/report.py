@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 import statistics
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from lorafleet.atomic import write_bytes
 
 if TYPE_CHECKING:
     from bench.load import LoadSummary
     from bench.sweep import SweepResult
-
-
-def write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json(path: Path, data: Any) -> Path:
-    return write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 # -- plots -------------------------------------------------------------------------------------------------------
@@ -51,7 +32,7 @@ def _save(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
-    return write_atomic(path, buf.getvalue())
+    return write_bytes(path, buf.getvalue())
 
 
 def plot_latency_cdfs(records: list[dict], path: Path) -> Path:
@@ -163,7 +144,7 @@ def write_load_report(out: Path, records: list[dict], summary: "LoadSummary") ->
     errors = table_html(["failures", "message"], [[n, m] for m, n in s.errors.items()]) if s.errors else ""
     page = html_page(f"load test: {s.workload}", [facts, table_html(["ms", "mean", "p50", "p90", "p99"], rows), errors],
                      images)
-    return write_atomic(out / "report.html", page)
+    return write_bytes(out / "report.html", page)
 
 
 def plot_sweep(result: "SweepResult", path: Path) -> Path:
@@ -232,4 +213,4 @@ def write_sweep_report(out: Path, result: "SweepResult") -> Path:
     table = table_html(["setting", "output tok/s", "req/s", "TTFT p99 ms", "TPOT p99 ms", "errors", "SLO"], rows, classes)
     page = html_page("load sweep", [f"<p>SLO: {html.escape(str(result.slo))}</p>", verdict, table,
                                     f"<ul>{links}</ul>"], images)
-    return write_atomic(out / "report.html", page)
+    return write_bytes(out / "report.html", page)

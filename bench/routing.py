@@ -29,8 +29,9 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.adapters import cached_random_adapters
-from bench.results_io import print_targets, target, write_json_atomic
-from bench.servers import ManagedServer, ServerSpec
+from bench.results_io import print_targets, target
+from lorafleet.atomic import write_json
+from lorafleet.processes import ManagedServer, ServerSpec
 from bench.sysinfo import cpu_info, versions
 from lorafleet.chat import chat_token_ids
 from lorafleet.config import lorafleet_home
@@ -190,7 +191,7 @@ def run(cfg: RoutingBenchConfig) -> dict:
             with console.status(f"LoRA run: {policy}"), ManagedServer(gateway_spec(policy, urls, adapters, cfg, Path(tmp), logs)) as gw:
                 lora[policy] = lora_run(policy, urls, gw.base_url, list(adapters), cfg, cfg.seed + 20)
     results = summarise(cfg, prefix, lora, blocks, num_kv_blocks)
-    write_json_atomic(cfg.json_path, results)
+    write_json(cfg.json_path, results)
     _print_table(console, results)
     return results
 

@@ -35,8 +35,8 @@ import yaml
 
 from bench.load import read_records, run as run_locust
 from bench.reliability import record_soak
-from bench.results_io import write_json_atomic
-from bench.servers import ManagedServer, ServerSpec
+from lorafleet.atomic import write_json
+from lorafleet.processes import ManagedServer, ServerSpec
 from bench.soak_figures import metric_total, parse_prometheus, summarize, think_time_for
 from lorafleet.config.load import LoadConfig
 from lorafleet.config.soak import SoakConfig
@@ -235,7 +235,7 @@ def run(cfg: SoakConfig) -> dict[str, Any]:
         quiet = wait_for_quiet(fleet, t0)
     samples = [{**s, "t_s": round(s["t_s"] - soak_offset_s, 2)} for s in sampler.samples]  # from the soak's start
     result = summarize(cfg, summary, records, samples, quiet, start_wall, calibration, think)
-    write_json_atomic(cfg.out_dir / "soak.json", result)
+    write_json(cfg.out_dir / "soak.json", result)
     _plot(result, samples, cfg.out_dir / "soak.png")
     if cfg.record:
         record_soak(result, cfg.json_path)

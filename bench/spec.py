@@ -28,8 +28,9 @@ from rich.console import Console
 from rich.progress import Progress
 
 from bench.openai_client import StreamError, StreamTimer
-from bench.results_io import print_targets, target, write_json_atomic
-from bench.servers import ManagedServer, ServerSpec
+from bench.results_io import print_targets, target
+from lorafleet.atomic import write_json
+from lorafleet.processes import ManagedServer, ServerSpec
 from bench.sysinfo import cpu_info, versions
 from lorafleet.config import lorafleet_home
 from lorafleet.config.spec import SPEC_TPOT_TARGET_RATIO, SpecBenchConfig
@@ -141,7 +142,7 @@ def run(cfg: SpecBenchConfig) -> dict:
             Progress(console=console, transient=True) as progress:
         measured = asyncio.run(_measure(server.base_url, cfg, progress))
     results = summarise(cfg, measured)
-    write_json_atomic(cfg.json_path, results)
+    write_json(cfg.json_path, results)
     s = results["spec"]
     console.print(f"TPOT off {s['tpot_ms_off']:.1f} ms, on {s['tpot_ms_on']:.1f} ms "
                   f"({s['tpot_ms_on'] / s['tpot_ms_off']:.2f}x), acceptance {s['acceptance_rate']:.2f}, "

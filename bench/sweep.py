@@ -15,7 +15,8 @@ from pathlib import Path
 from rich.console import Console
 
 from bench.load import LoadSummary, run as run_load
-from bench.report import write_json, write_sweep_report
+from bench.report import write_sweep_report
+from lorafleet.atomic import write_bytes, write_json
 from lorafleet.config.load import LoadConfig, Slo, SweepConfig
 from lorafleet.config.profile import Profile, profile_to_mapping
 
@@ -82,11 +83,10 @@ def launch_argv(cfg: SweepConfig, profile: Profile, run_dir: Path) -> tuple[list
     """(argv, env) of the backend for one profile: ``backend_cmd`` plus the rendered engine flags. Files the
     backend reads (TensorRT-LLM's options YAML) are written into ``run_dir``."""
     from bench.profiles.render import engine_flags
-    from bench.report import write_atomic
 
     flags = engine_flags(profile, cfg.backend, files_dir=str(run_dir))
     for path, text in flags.files.items():
-        write_atomic(Path(path), text)
+        write_bytes(Path(path), text)
     return shlex.split(cfg.backend_cmd) + list(flags.args), dict(flags.env)
 
 
@@ -94,7 +94,7 @@ def sweep_profiles(cfg: SweepConfig) -> list[SweepPoint]:
     """For each profile: launch the backend with it, sweep the levels, stop it. All profiles are checked
     against the backend before the first launch, so a bad one fails fast."""
     from bench.profiles.store import load_profile
-    from bench.servers import ManagedServer, ServerSpec
+    from lorafleet.processes import ManagedServer, ServerSpec
 
     profiles = [load_profile(ref) for ref in cfg.profiles]
     launches = [(p, *launch_argv(cfg, p, Path(cfg.out_dir) / p.name)) for p in profiles]

@@ -26,9 +26,10 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
-from bench.engine import _vllm_version, _write_json
+from bench.engine import _vllm_version
+from lorafleet.atomic import write_json
 from bench.openai_client import StreamError, StreamTimer
-from bench.servers import ManagedServer, ServerSpec
+from lorafleet.processes import ManagedServer, ServerSpec
 from bench.sysinfo import cpu_info, versions
 from bench.template_workload import TEMPLATES, BenchRequest, make_requests, template_yaml
 from lorafleet.config import lorafleet_home
@@ -174,7 +175,7 @@ def run(cfg: TemplateBenchConfig) -> dict[str, Any]:
         engine = run_system(engine_spec(cfg, logs), cfg, requests, work, progress)
         vllm = run_system(vllm_spec(cfg, logs), cfg, requests, work, progress) if cfg.vllm_python else None
     results = summarise(cfg, engine, vllm)
-    _write_json(cfg.json_path, results)
+    write_json(cfg.json_path, results)
     print_table(console, results)
     return results
 

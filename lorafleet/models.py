@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorafleet.atomic import atomic_dir
 from lorafleet.config import models_dir
 from lorafleet.errors import ArtifactError, ConfigError, NotFoundError
 
@@ -80,16 +79,8 @@ def pull(name: str, *, dtype: str = "float32", force: bool = False, dest_root: P
     if (target / "config.json").is_file() and not force:
         return target
     gguf = find_gguf(KNOWN_MODELS[name])
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
+    with atomic_dir(target) as tmp:
         _convert_gguf(gguf, tmp, dtype)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -4,10 +4,9 @@ our engine load."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
+from lorafleet.atomic import atomic_dir
 from lorafleet.errors import ArtifactError
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -43,9 +42,7 @@ def make_random_lora_adapter(
         for name, p in peft_model.named_parameters():
             if "lora_A" in name or "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         peft_model.save_pretrained(tmp, safe_serialization=True)
         cfg_file = tmp / "adapter_config.json"
         # Record the base as a path users can follow; PEFT writes the model's name_or_path.
@@ -54,8 +51,4 @@ def make_random_lora_adapter(
         data = json.loads(cfg_file.read_text())
         data["base_model_name_or_path"] = str(base)
         cfg_file.write_text(json.dumps(data, indent=2))
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

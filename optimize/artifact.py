@@ -8,14 +8,12 @@ written to: an output equal to, inside, or containing the input is refused.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from lorafleet.atomic import write_json
 from lorafleet.errors import ArtifactError, ConfigError
 from lorafleet.loading import load_hf_config, resolve_model
 
@@ -49,36 +47,11 @@ def check_output(src: Path, out: Path, force: bool) -> Path:
     return out
 
 
-@contextmanager
-def staged_dir(out: Path) -> Iterator[Path]:
-    """Yield an empty sibling directory; on success it replaces ``out`` by rename, on error it is removed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
-
-
 def copy_side_files(src: Path, dst: Path) -> None:
     """Tokenizer, chat template and generation config of ``src`` into ``dst``."""
     for name in SIDE_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def write_report(dst: Path, command: str, src: Path, settings: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lorafleet.atomic import atomic_dir, write_json
 from lorafleet.config.optimize import KVQuantConfig
 from optimize import artifact
 from optimize.textdata import calibration_texts
@@ -84,7 +85,7 @@ def run(cfg: KVQuantConfig) -> dict[str, Any]:
     k_amax, v_amax = calibrate(src, texts, cfg.calib.max_seq_len)
     k_amax = [[a * cfg.margin for a in row] for row in k_amax]
     v_amax = [[a * cfg.margin for a in row] for row in v_amax]
-    with artifact.staged_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         state = load_state_dict(src)
         for i, (k_row, v_row) in enumerate(zip(k_amax, v_amax)):
             state[f"model.layers.{i}.self_attn.k_scale"] = torch.tensor(max(k_row) / FP8_E4M3_MAX, dtype=torch.float32)
@@ -94,8 +95,8 @@ def run(cfg: KVQuantConfig) -> dict[str, Any]:
         new_cfg["quantization_config"] = {"quant_method": "compressed-tensors", "format": "dense", "config_groups": {},
                                           "ignore": [], "quantization_status": "compressed",
                                           "kv_cache_scheme": dict(KV_CACHE_SCHEME)}
-        artifact.write_json(tmp / "config.json", new_cfg)
-        artifact.write_json(tmp / KV_SCALES_FILE, {
+        write_json(tmp / "config.json", new_cfg)
+        write_json(tmp / KV_SCALES_FILE, {
             "format": "lorafleet-kv-scales/1", "what": "absolute maxima of post-RoPE keys and of values",
             "num_layers": len(k_amax), "num_kv_heads": len(k_amax[0]), "k_amax": k_amax, "v_amax": v_amax,
             "num_calib_samples": len(texts), "margin": cfg.margin})

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lorafleet.atomic import atomic_dir, write_json
 from lorafleet.config.optimize import PruneConfig
 from lorafleet.errors import ArtifactError
 from optimize import artifact, prune_math
@@ -146,11 +147,11 @@ def run(cfg: PruneConfig) -> dict[str, Any]:
     prune = _depth if cfg.kind == "depth" else _width
     new_state, new_cfg, facts = prune(state, hf_cfg, stats, cfg)
     params = {"before": sum(t.numel() for t in state.values()), "after": sum(t.numel() for t in new_state.values())}
-    with artifact.staged_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         pruned = tmp / "pruned" if cfg.heal_steps else tmp
         pruned.mkdir(exist_ok=True)
         save_file({k: v.contiguous() for k, v in new_state.items()}, str(pruned / "model.safetensors"), metadata={"format": "pt"})
-        artifact.write_json(pruned / "config.json", new_cfg)
+        write_json(pruned / "config.json", new_cfg)
         artifact.copy_side_files(src, pruned)
         results = {"kind": cfg.kind, "params": params, "num_layers": [hf_cfg["num_hidden_layers"], new_cfg["num_hidden_layers"]],
                    **facts}

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lorafleet.atomic import atomic_dir, write_json
 from lorafleet.config.optimize import QuantConfig
 from lorafleet.errors import ArtifactError, BackendError, ConfigError
 from optimize import artifact, quant_math
@@ -36,7 +37,7 @@ def run(cfg: QuantConfig) -> dict[str, Any]:
     out = artifact.check_output(src, cfg.out, cfg.force)
     settings = artifact.jsonable(cfg)
     t0 = time.perf_counter()
-    with artifact.staged_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         if cfg.scheme in ("int8", "nf4"):
             settings["kept_bf16_modules"] = _bitsandbytes(src, tmp, cfg)
         elif cfg.scheme == "int8-engine":
@@ -140,7 +141,7 @@ def _int8_engine(src: Path, dst: Path, hf_cfg: dict[str, Any]) -> None:
     cfg["quantization_config"] = {"quant_method": ENGINE_QUANT_METHOD, "bits": 8, "symmetric": True,
                                   "granularity": "per-output-channel", "scale_suffix": "_scale",
                                   "modules": "decoder q/k/v/o/gate/up/down projections"}
-    artifact.write_json(dst / "config.json", cfg)
+    write_json(dst / "config.json", cfg)
 
 
 def _llm_compressor(src: Path, dst: Path, cfg: QuantConfig, hf_cfg: dict[str, Any]) -> int | None:

@@ -6,18 +6,14 @@ vLLM lives in its own venv (``make vllm-venv``); this module only starts it and 
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from lorafleet.errors import BackendError, ConfigError
+from lorafleet.errors import ConfigError
+from lorafleet.processes import ManagedServer, ServerSpec
 
 START_TIMEOUT_S = 900.0
 KV_TOKENS_RE = re.compile(r"KV cache size: ([\d,]+) tokens")
@@ -40,54 +36,22 @@ class VllmServer:
                  kv_cache_gb: int = 1, max_model_len: int = 1024) -> None:
         if not Path(python).exists():
             raise ConfigError(f"vLLM python {python} not found (build it with `make vllm-venv`)")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
         self.model, self.log_path = model, log_path
-        self.argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--dtype", dtype,
-                     "--host", "127.0.0.1", "--port", str(self.port), "--max-model-len", str(max_model_len),
-                     "--kv-cache-dtype", kv_cache_dtype, "--disable-log-stats",
-                     # no torch.compile warm-up: these checks load, answer and score; they do not time vLLM
-                     "--enforce-eager"]
-        self.env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gb)}
-        self._proc: subprocess.Popen | None = None
+        argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--dtype", dtype,
+                "--host", "127.0.0.1", "--port", "{port}", "--max-model-len", str(max_model_len),
+                "--kv-cache-dtype", kv_cache_dtype, "--disable-log-stats",
+                # no torch.compile warm-up: these checks load, answer and score; they do not time vLLM
+                "--enforce-eager"]
+        self._server = ManagedServer(ServerSpec(f"vLLM on {model}", argv, {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gb)},
+                                                log_path, start_timeout_s=START_TIMEOUT_S))
+        self.url = self._server.base_url
 
     def __enter__(self) -> "VllmServer":
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
-            self._proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                          start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                tail = self.log_tail()
-                self.__exit__()
-                raise BackendError(f"vLLM exited with {self._proc.returncode} loading {self.model}: {tail}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        self.__exit__()
-        raise BackendError(f"vLLM did not become healthy in {START_TIMEOUT_S:.0f} s; see {self.log_path}")
+        self._server.__enter__()
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self._proc.pid, sig)
-                self._proc.wait(wait_s)
-                return
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
-
-    def log_tail(self, num_lines: int = 1) -> str:
-        """The last meaningful line(s) of the log (vLLM's own error line usually comes last)."""
-        lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
-        return " | ".join(lines[-num_lines:])
+        self._server.__exit__(*exc)
 
     def facts(self) -> VllmFacts:
         """Ask the capital of France (greedy, 24 tokens) and read the KV capacity vLLM logged.

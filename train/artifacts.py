@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lorafleet import atomic
+from lorafleet.atomic import atomic_dir, write_json
 from lorafleet.config.train import VLLM_LORA_RANKS
 from lorafleet.errors import ArtifactError
 
@@ -22,50 +19,10 @@ REPORT = "report.json"
 LOSS_PLOT = "loss.png"
 
 
-@contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """A temporary directory next to ``final`` that becomes ``final`` (replacing it) only if the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp's 0700 would hide artifacts from a server running as another user
-        yield tmp
-        if final.exists():
-            old = final.with_name(f".old-{final.name}-{os.getpid()}")
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
-
-
 def remove_stale_temporaries(run_dir: Path) -> None:
     """Drop ``.tmp-*`` leftovers of a killed run (they are never read)."""
     for root in (run_dir, run_dir / "checkpoints"):
-        if root.is_dir():
-            for p in root.glob(".tmp-*"):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        atomic.remove_stale_temporaries(root)
 
 
 def save_adapter(model: Any, final: Path, base_model: Path, adapter_name: str) -> Path:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from train.artifacts import atomic_dir
+from lorafleet.atomic import atomic_dir
 
 CHECKPOINTS = "checkpoints"
 _NAME = re.compile(r"^step-(\d{8})$")

@@ -16,7 +16,8 @@ from rich.console import Console
 from lorafleet.config.train import MergeConfig
 from lorafleet.errors import ArtifactError, ConfigError
 from lorafleet.loading import check_checkpoint, load_tokenizer, resolve_model
-from train.artifacts import ADAPTER, atomic_dir
+from lorafleet.atomic import atomic_dir
+from train.artifacts import ADAPTER
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

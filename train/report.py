@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from lorafleet.config.train import TrainConfig
-from train.artifacts import LOSS_PLOT, REPORT, write_json
+from lorafleet.atomic import atomic_file, write_json
+from train.artifacts import LOSS_PLOT, REPORT
 from train.loop import LoopState
 from train.memory import PeakMemory
 
@@ -75,13 +74,8 @@ def plot_losses(loss_curve: list[list[float]], val_curve: list[dict[str, float]]
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        with atomic_file(path, suffix=".png") as tmp:
+            fig.savefig(tmp)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

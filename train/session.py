@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 from rich.console import Console
 
+from lorafleet import atomic
 from lorafleet.chat import template_hash
 from lorafleet.config.train import TrainConfig, to_mapping
 from lorafleet.errors import ConfigError
@@ -84,7 +85,7 @@ def start_run(session: Session) -> None:
     if session.is_resuming:
         artifacts.remove_stale_temporaries(session.run_dir)
     else:
-        artifacts.write_text(session.run_dir / EFFECTIVE_CONFIG, dump_config(session.cfg))
+        atomic.write_bytes(session.run_dir / EFFECTIVE_CONFIG, dump_config(session.cfg))
 
 
 def build_model(session: Session) -> Any:

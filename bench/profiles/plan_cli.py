@@ -10,7 +10,7 @@ from rich.table import Table
 
 from bench.profiles.planner import MemoryPlan, plan_memory
 from bench.profiles.shapes import read_shape
-from bench.report import write_json
+from lorafleet.atomic import write_json
 from lorafleet.config.profile import PlanConfig, Profile
 from lorafleet.errors import ConfigError
 

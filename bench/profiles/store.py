@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from bench.report import write_atomic
+from lorafleet.atomic import write_bytes
 from lorafleet.config.profile import Profile, profile_from_mapping, profile_to_mapping
 from lorafleet.errors import ConfigError, NotFoundError
 
@@ -45,7 +45,7 @@ def load_profile(ref: str | Path) -> Profile:
 
 
 def save_profile(profile: Profile, path: Path) -> Path:
-    return write_atomic(path, yaml.safe_dump(profile_to_mapping(profile), sort_keys=False))
+    return write_bytes(path, yaml.safe_dump(profile_to_mapping(profile), sort_keys=False))
 
 
 def list_cli() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.report import write_atomic, write_json
+from lorafleet.atomic import write_bytes, write_json
 from bench.sweep import SweepPoint, SweepResult, print_result
 from bench.sweep import run as run_sweep
 from lorafleet.config.load import SweepConfig
@@ -54,7 +54,7 @@ def run(cfg: SweepConfig) -> TuneResult:
                                                      "launch": json.loads((Path(best.run_dir).parent / "launch.json").read_text())}}
     evidence_path = write_json(out / "tune.json", evidence)
     (out / "winner.yaml").unlink(missing_ok=True)  # never leave an older run's winner beside this evidence
-    winner_path = write_atomic(out / "winner.yaml", winner_yaml(best, cfg)) if best else None
+    winner_path = write_bytes(out / "winner.yaml", winner_yaml(best, cfg)) if best else None
     return TuneResult(result, best, evidence_path, winner_path)
 
 

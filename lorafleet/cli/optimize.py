@@ -5,12 +5,12 @@ Commands are registered on the typer apps of :mod:`lorafleet.cli` when this modu
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
+from lorafleet.atomic import write_json
 from lorafleet.cli import _help, app, bench_app, build, call, opt, optimize_app
 from lorafleet.config.optimize import (CalibConfig, EvalConfig, KVQuantConfig, OptimizeBenchConfig, PruneConfig,
                                        QuantConfig)
@@ -33,14 +33,6 @@ def _show(title: str, rows: dict[str, Any]) -> None:
     for k, v in rows.items():
         table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
     Console().print(table)
-
-
-def _write_json(path: Optional[Path], data: dict[str, Any]) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(path)
 
 
 # -- optimize ------------------------------------------------------------------------------------------------
@@ -140,7 +132,8 @@ def eval_ppl(
     cfg = _eval_cfg(data=data, backend=backend, window_tokens=window_tokens, dtype=dtype, kv_cache_dtype=kv_cache_dtype,
                     vllm_python=vllm_python, num_threads=num_threads)
     r = call("optimize.ppl:evaluate", model, cfg).summary()
-    _write_json(json_path, r)
+    if json_path is not None:
+        write_json(json_path, r)
     _show(f"perplexity of {model}", r)
 
 
@@ -162,7 +155,8 @@ def eval_compare(
     cfg = _eval_cfg(data=data, backend=backend, window_tokens=window_tokens, dtype=dtype, kv_cache_dtype=kv_cache_dtype,
                     decode_tokens=decode_tokens, vllm_python=vllm_python, num_threads=num_threads)
     r = call("optimize.compare:compare", a, b, cfg)
-    _write_json(json_path, r)
+    if json_path is not None:
+        write_json(json_path, r)
     _show(f"{b} vs {a}", {"ppl A": r["a"]["ppl"], "ppl B": r["b"]["ppl"], "ppl delta %": r["ppl_delta_pct"],
                           "greedy agreement": r["greedy_agreement"], "bytes A": r["a"]["bytes"], "bytes B": r["b"]["bytes"],
                           "decode ms/token A": r["a"]["decode_tpot_ms"], "decode ms/token B": r["b"]["decode_tpot_ms"],

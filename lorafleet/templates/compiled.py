@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorafleet.atomic import atomic_dir
 from lorafleet.errors import ArtifactError, ConfigError
 from lorafleet.templates.prefix import num_cacheable_tokens, num_wasted_tokens
 from lorafleet.templates.spec import PromptTemplate, Section, Variable, parse_template
@@ -129,9 +127,7 @@ def dump_template_yaml(template: PromptTemplate) -> str:
 def write_compiled(compiled: CompiledTemplate, out_dir: Path) -> Path:
     """Write ``compiled`` to ``out_dir`` (replacing it) atomically; returns ``out_dir``."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         prefix = compiled.prefix
         manifest = {
             "kind": ARTIFACT_KIND, "format_version": FORMAT_VERSION, "name": compiled.name, "version": compiled.version,
@@ -146,12 +142,6 @@ def write_compiled(compiled: CompiledTemplate, out_dir: Path) -> Path:
         }
         (tmp / "template.yaml").write_text(dump_template_yaml(compiled.template))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -3,9 +3,6 @@ progress and tables; findings on stdout), write JSON or artifacts. Each returns 
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +10,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from lorafleet.atomic import write_json
 from lorafleet.config.templates import TemplateCompileConfig, TemplateLintConfig, TemplateReportConfig
 from lorafleet.errors import ConfigError
 from lorafleet.templates import load_template, write_compiled
@@ -38,15 +36,6 @@ def load_tokenizer_for(model: str, chat_template: Path | None) -> tuple[Any, str
     return tokenizer, origin
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 # -- lint ---------------------------------------------------------------------------------------------------
 def run_lint(cfg: TemplateLintConfig) -> tuple[list[Finding], bool]:
     """Lint every file; print findings. Returns them and whether the run passes (no errors; no warnings
@@ -67,7 +56,7 @@ def run_lint(cfg: TemplateLintConfig) -> tuple[list[Finding], bool]:
         mark = "[green]clean[/]" if not found else f"[red]{len(found)} finding(s)[/]"
         console.print(f"{path}: {mark}")
     if cfg.json_path:
-        _write_json(cfg.json_path, [{"file": f.file, "line": f.line, "code": f.code, "severity": f.severity,
+        write_json(cfg.json_path, [{"file": f.file, "line": f.line, "code": f.code, "severity": f.severity,
                                      "section": f.section, "message": f.message, "fix": f.fix} for f in findings])
     failing = [f for f in findings if f.severity == ERROR or cfg.strict]
     return findings, not failing
@@ -139,7 +128,7 @@ def run_report(cfg: TemplateReportConfig) -> dict[str, Any]:
                           "capacity_blocks": cfg.capacity_blocks, "model": cfg.model, "requests": str(cfg.requests)}
     _print_report(console, result)
     if cfg.json_path:
-        _write_json(cfg.json_path, result)
+        write_json(cfg.json_path, result)
     return result
 
 

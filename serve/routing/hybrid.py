@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from serve.routing.prefix_aware import PLACEMENTS, meaningful_match, placement_reason
-from serve.routing.scores import hash_key, placement_order, relative_load, rotation, within_bound
+from serve.routing.prefix_aware import meaningful_match, placement_reason
+from serve.routing.scores import check_settings, hash_key, placement_order, relative_load, rotation, within_bound
 from serve.routing.types import RouteContext, RouteDecision, RouteReason
 
 
@@ -35,14 +35,7 @@ class Hybrid:
                                                                      "hash) or 'hash' (rendezvous hashing only)."})
 
     def __post_init__(self) -> None:
-        if self.placement not in PLACEMENTS:
-            raise ValueError(f"placement must be one of {PLACEMENTS}, got '{self.placement}'")
-        if self.load_factor < 1:
-            raise ValueError(f"load_factor must be >= 1, got {self.load_factor}")
-        if self.hash_blocks < 1:
-            raise ValueError(f"hash_blocks must be >= 1, got {self.hash_blocks}")
-        if self.min_bound < 0:
-            raise ValueError(f"min_bound must be >= 0, got {self.min_bound}")
+        check_settings(self.load_factor, self.min_bound, self.hash_blocks, self.placement)
 
     def choose(self, ctx: RouteContext) -> RouteDecision:
         reps = ctx.replicas

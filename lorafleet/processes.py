@@ -1,4 +1,5 @@
-"""Start and stop OpenAI-compatible server processes for benchmarks (always on 127.0.0.1)."""
+"""Start and stop OpenAI-compatible server processes (always on 127.0.0.1): benchmarks, checks and tests launch
+vLLM, LiteLLM, gateways and our own server through this one context manager."""
 
 from __future__ import annotations
 
@@ -55,8 +56,10 @@ class ManagedServer:
         deadline = time.monotonic() + self.spec.start_timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
+                code = self._proc.returncode
                 self.__exit__(None, None, None)
-                raise BackendError(f"{self.spec.name} exited during start-up; see {self.spec.log_path}")
+                raise BackendError(f"{self.spec.name} exited with {code} during start-up: {self.log_tail()} "
+                                   f"(log: {self.spec.log_path})")
             try:
                 if httpx.get(self.base_url + self.spec.health_path, timeout=2).status_code == 200:
                     return self
@@ -77,3 +80,11 @@ class ManagedServer:
                     continue
         if self._log is not None:
             self._log.close()
+
+    def log_tail(self, num_lines: int = 1) -> str:
+        """The last non-empty line(s) of the server's log (a server's own error line usually comes last)."""
+        try:
+            lines = [ln for ln in self.spec.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        return " | ".join(lines[-num_lines:])
