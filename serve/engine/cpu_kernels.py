@@ -19,9 +19,9 @@ from lorafleet.config import lorafleet_home
 
 log = logging.getLogger(__name__)
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("paged_attention.cpp", "fused_ops.cpp", "lora.cpp")
+SOURCES = ("paged_attention.cpp", "fused_ops.cpp", "lora.cpp", "gemv.cpp")
 FUNCTIONS = ("paged_decode_attention", "paged_decode_attention_quant", "write_kv_quant", "rms_norm", "add_rms_norm",
-             "rope_and_cache", "silu_and_mul", "lora_delta")
+             "rope_and_cache", "silu_and_mul", "lora_delta", "bf16_small_m_linear")
 
 
 def _build_key(torch_version: str) -> str:

@@ -4,15 +4,24 @@ On CPU, oneDNN's bf16/fp16 matmul reorders the weight into its blocked layout on
 weight is packed once up front. Packing (``mkldnn._reorder_linear_weight``, the same op inductor's
 freezing pass uses) measured 1.3–2× faster per projection here (576×3072 bf16: 145→70 µs at M=1,
 372→280 µs at M=16). Elsewhere (CUDA, fp32, CPUs without bf16 support) this is plain ``F.linear``.
+
+Decode steps of a few rows are a pass over the weights, bound by memory bandwidth, where oneDNN's GEMV
+falls well short of what the machine streams. With the compiled CPU kernels loaded, bf16 projections of up
+to :data:`FEW_ROWS` rows go through ``bf16_small_m_linear`` (``csrc/gemv.cpp``) instead; it gives a row the
+same bits whatever the number of rows, so verifying k speculated tokens reproduces plain decoding exactly.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 #: batch size the packed layout is tuned for; measured to serve M=1..64 equally well
 PACK_BATCH_HINT = 16
+#: rows up to which the few-row kernel runs: one decode row plus up to 16 speculated tokens (the engine's cap)
+FEW_ROWS = 17
 
 
 def can_pack(weight: torch.Tensor) -> bool:
@@ -28,13 +37,21 @@ def can_pack(weight: torch.Tensor) -> bool:
 class Projection:
     """``y = x @ W.T`` for a fixed weight ``W`` [out, in]; ``x`` [N, in] → [N, out]."""
 
-    __slots__ = ("weight", "packed")
+    __slots__ = ("weight", "packed", "few_rows")
 
     def __init__(self, weight: torch.Tensor) -> None:
         self.weight = weight
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_BATCH_HINT) if can_pack(weight) else None
+        self.few_rows: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+    def use_few_row_kernel(self, kernel: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None) -> None:
+        """Send bf16 calls of up to :data:`FEW_ROWS` rows to ``kernel(x, weight)`` (None: oneDNN only)."""
+        ok = self.weight.device.type == "cpu" and self.weight.dtype == torch.bfloat16 and self.weight.is_contiguous()
+        self.few_rows = kernel if ok else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.few_rows is not None and x.shape[0] <= FEW_ROWS:
+            return self.few_rows(x, self.weight)
         if self.packed is not None:
             if x.shape[0] == 1:
                 # oneDNN takes a GEMV path at M=1 whose sums round differently (K=1536 here) from its GEMM at

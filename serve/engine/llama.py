@@ -148,6 +148,13 @@ class LlamaForCausalLM(nn.Module):
             layer.proj = {name: Projection(getattr(layer, name)) for name in ("qkv", "o", "gate_up", "down")}
         self.lm_head_proj = Projection(self.lm_head)
 
+    def use_kernels(self, kernels) -> None:
+        """Run the fused ops, and bf16 projections of a few rows, through the compiled CPU kernels (None: torch)."""
+        self.kernels = kernels
+        few_rows = getattr(kernels, "bf16_small_m_linear", None)
+        for proj in [p for layer in self.layers for p in layer.proj.values()] + [self.lm_head_proj]:
+            proj.use_few_row_kernel(few_rows)
+
     def forward(
         self,
         input_ids: torch.Tensor,  # [N]

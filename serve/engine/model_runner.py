@@ -75,7 +75,7 @@ class ModelRunner:
         if self.device.type == "cpu":
             from serve.engine import cpu_kernels
 
-            self.model.kernels = cpu_kernels.load()
+            self.model.use_kernels(cpu_kernels.load())
         kv_dtype = kv_storage_dtype(cfg.kv_cache_dtype, cfg.dtype)
         per_token = kv_bytes_per_token(self.spec.num_layers, self.spec.num_kv_heads, self.spec.head_dim, DTYPE_BYTES[kv_dtype])
         blocks = cfg.num_kv_blocks or num_kv_blocks(int(cfg.kv_cache_gb * GIB), per_token, cfg.block_size)

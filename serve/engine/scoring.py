@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from lorafleet.atomic import write_json
 from lorafleet.config import EngineConfig
 from serve.engine.engine import LLMEngine
 from serve.engine.kv_math import cdiv
@@ -81,9 +82,7 @@ def main(argv: list[str]) -> int:
                     "kv_cache_dtype": engine.layout.kv_cache_dtype}
     if decode:
         result["decode_tpot_ms"] = decode_tpot_ms(engine, decode["prompt_ids"], decode["num_tokens"], decode.get("repeats", 3))
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(result_path)
+    write_json(result_path, result)
     return 0
 
 
