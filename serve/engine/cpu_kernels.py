@@ -21,18 +21,27 @@ log = logging.getLogger(__name__)
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = ("paged_attention.cpp", "fused_ops.cpp", "lora.cpp", "gemv.cpp")
 FUNCTIONS = ("paged_decode_attention", "paged_decode_attention_quant", "write_kv_quant", "rms_norm", "add_rms_norm",
-             "rope_and_cache", "silu_and_mul", "lora_delta", "bf16_small_m_linear")
+             "rope_and_cache", "silu_and_mul", "lora_delta")
+#: built only where ``-march=native`` targets AVX-512 (``csrc/gemv.cpp``); elsewhere projections stay on oneDNN
+AVX512_FUNCTIONS = ("bf16_small_m_linear",)
 
 
-def _build_key(torch_version: str) -> str:
-    flags = ""
+def _cpu_flags() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                flags = line
-                break
+                return line
     except OSError:
         pass
+    return ""
+
+
+def _functions() -> list[str]:
+    return [*FUNCTIONS, *(AVX512_FUNCTIONS if " avx512f" in _cpu_flags() else ())]
+
+
+def _build_key(torch_version: str) -> str:
+    flags = _cpu_flags()
     src = "".join((CSRC / s).read_text() for s in SOURCES)
     raw = "|".join([platform.machine(), flags, torch_version, src])
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
@@ -52,7 +61,7 @@ def load() -> Any | None:
         return load_inline(
             name="lorafleet_cpu_kernels",
             cpp_sources=["\n".join((CSRC / s).read_text() for s in SOURCES)],
-            functions=list(FUNCTIONS),
+            functions=_functions(),
             extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             build_directory=str(build_dir),

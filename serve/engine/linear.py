@@ -5,10 +5,12 @@ weight is packed once up front. Packing (``mkldnn._reorder_linear_weight``, the 
 freezing pass uses) measured 1.3–2× faster per projection here (576×3072 bf16: 145→70 µs at M=1,
 372→280 µs at M=16). Elsewhere (CUDA, fp32, CPUs without bf16 support) this is plain ``F.linear``.
 
-Decode steps of a few rows are a pass over the weights, bound by memory bandwidth, where oneDNN's GEMV
-falls well short of what the machine streams. With the compiled CPU kernels loaded, bf16 projections of up
-to :data:`FEW_ROWS` rows go through ``bf16_small_m_linear`` (``csrc/gemv.cpp``) instead; it gives a row the
-same bits whatever the number of rows, so verifying k speculated tokens reproduces plain decoding exactly.
+Decode steps of a row or two are a pass over the weights, bound by memory bandwidth, where oneDNN's GEMV
+falls well short of what the machine streams. With the compiled AVX-512 kernel loaded, bf16 projections of
+up to :data:`FAST_ROWS` rows go through ``bf16_small_m_linear`` (``csrc/gemv.cpp``) instead (1.5x faster at
+one row; from 4 rows on oneDNN's GEMM is faster). The kernel gives a row the same bits whatever the number
+of rows, so steps that verify speculated tokens send up to :data:`VERIFY_ROWS` rows through it too: verifying
+k drafts then reproduces plain decoding exactly.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import torch.nn.functional as F
 
 #: batch size the packed layout is tuned for; measured to serve M=1..64 equally well
 PACK_BATCH_HINT = 16
-#: rows up to which the few-row kernel runs: one decode row plus up to 16 speculated tokens (the engine's cap)
-FEW_ROWS = 17
+#: rows up to which the few-row kernel is the faster one (measured: bench/PROFILE.md)
+FAST_ROWS = 2
+#: rows up to which it runs in steps that verify drafts: one decode row plus up to 16 speculated tokens
+VERIFY_ROWS = 17
 
 
 def can_pack(weight: torch.Tensor) -> bool:
@@ -45,12 +49,12 @@ class Projection:
         self.few_rows: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def use_few_row_kernel(self, kernel: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None) -> None:
-        """Send bf16 calls of up to :data:`FEW_ROWS` rows to ``kernel(x, weight)`` (None: oneDNN only)."""
+        """Send bf16 calls of few rows to ``kernel(x, weight)`` (None: oneDNN only)."""
         ok = self.weight.device.type == "cpu" and self.weight.dtype == torch.bfloat16 and self.weight.is_contiguous()
         self.few_rows = kernel if ok else None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.few_rows is not None and x.shape[0] <= FEW_ROWS:
+    def __call__(self, x: torch.Tensor, max_kernel_rows: int = FAST_ROWS) -> torch.Tensor:
+        if self.few_rows is not None and x.shape[0] <= max_kernel_rows:
             return self.few_rows(x, self.weight)
         if self.packed is not None:
             if x.shape[0] == 1:

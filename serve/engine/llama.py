@@ -18,7 +18,7 @@ from lorafleet.errors import ArtifactError
 from serve.engine.attention import (AttnMetadata, decode_attention, prefill_attention, rope_and_write_quantized,
                                     write_kv)
 from serve.engine.kv_cache import LayerKV
-from serve.engine.linear import Projection
+from serve.engine.linear import FAST_ROWS, Projection
 from serve.engine.lora import LoraBatch, LoraStack
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
@@ -117,6 +117,9 @@ class LlamaForCausalLM(nn.Module):
         self.kernels = None  #: compiled CPU kernels (serve.engine.cpu_kernels), set by the runner when available
         self.rope_cos: torch.Tensor | None = None  #: [max_len, head_dim] in the model dtype, set by the runner
         self.rope_sin: torch.Tensor | None = None
+        #: rows up to which projections use the few-row kernel this step (the runner raises it to
+        #: linear.VERIFY_ROWS for steps that verify speculated tokens; see serve.engine.linear)
+        self.kernel_rows = FAST_ROWS
 
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Copy HF ``LlamaForCausalLM`` tensors into the fused parameters (raises on missing names)."""
@@ -172,20 +175,20 @@ class LlamaForCausalLM(nn.Module):
         last = len(self.layers) - 1
         for li, layer in enumerate(self.layers):
             kv = kv_caches[li]
-            qkv = layer.proj["qkv"](x)
+            qkv = layer.proj["qkv"](x, self.kernel_rows)
             if lora_batch is not None:
                 qkv = qkv + lora.delta(li, "qkv", x, lora_batch)
             q, k, v = self._rope_and_cache(qkv, positions, cos, sin, kv, meta.slot_mapping)
             attn = self._attention(q, k, v, kv, meta).reshape(n, spec.q_size)
-            o = layer.proj["o"](attn)
+            o = layer.proj["o"](attn, self.kernel_rows)
             if lora_batch is not None:
                 o = o + lora.delta(li, "o", attn, lora_batch)
             x = self._add_norm(h, o, layer.post_attn_norm)
-            gu = layer.proj["gate_up"](x)
+            gu = layer.proj["gate_up"](x, self.kernel_rows)
             if lora_batch is not None:
                 gu = gu + lora.delta(li, "gate_up", x, lora_batch)
             act = self._silu_and_mul(gu)
-            d = layer.proj["down"](act)
+            d = layer.proj["down"](act, self.kernel_rows)
             if lora_batch is not None:
                 d = d + lora.delta(li, "down", act, lora_batch)
             if li < last:
@@ -246,4 +249,4 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden`` [n, hidden] → fp32 logits [n, vocab]."""
-        return self.lm_head_proj(rms_norm(hidden, self.norm, self.spec.rms_norm_eps)).float()
+        return self.lm_head_proj(rms_norm(hidden, self.norm, self.spec.rms_norm_eps), self.kernel_rows).float()

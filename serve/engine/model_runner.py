@@ -13,6 +13,7 @@ from lorafleet.loading import load_hf_config, load_state_dict
 from serve.engine.attention import AttnMetadata, PrefillSpan
 from lorafleet.config import EngineConfig
 from serve.engine import kv_cache
+from serve.engine.linear import FAST_ROWS, VERIFY_ROWS
 from serve.engine.kv_math import DTYPE_BYTES, GIB, kv_bytes_per_token, kv_storage_dtype, num_kv_blocks
 from serve.engine.llama import LlamaForCausalLM, LlamaSpec
 from serve.engine.block_manager import BlockCopy
@@ -125,6 +126,8 @@ class ModelRunner:
             self._copy_blocks(out.block_copies)
         items = sorted(out.scheduled, key=lambda it: not is_rowwise(it))  # row-wise attention first (stable)
         input_ids, positions, meta, sample_rows = self._prepare(items)
+        # Verification rows go through the row-invariant kernel so they reproduce plain decoding (linear.py).
+        self.model.kernel_rows = VERIFY_ROWS if any(it.num_draft_tokens for it in items) else FAST_ROWS
         lora_batch = None
         if self.lora is not None:
             row_slots = [it.seq.lora_slot for it in items for _ in range(it.num_query_tokens)]
