@@ -126,8 +126,6 @@ class ModelRunner:
             self._copy_blocks(out.block_copies)
         items = sorted(out.scheduled, key=lambda it: not is_rowwise(it))  # row-wise attention first (stable)
         input_ids, positions, meta, sample_rows = self._prepare(items)
-        # Verification rows go through the row-invariant kernel so they reproduce plain decoding (linear.py).
-        self.model.kernel_rows = VERIFY_ROWS if any(it.num_draft_tokens for it in items) else FAST_ROWS
         lora_batch = None
         if self.lora is not None:
             row_slots = [it.seq.lora_slot for it in items for _ in range(it.num_query_tokens)]
@@ -168,6 +166,8 @@ class ModelRunner:
 
     def _prepare(self, items: list[ScheduledSeq]) -> tuple[list[int], list[int], AttnMetadata, list[int]]:
         bs = self.cfg.block_size
+        # Verification rows go through the row-invariant kernel so they reproduce plain decoding (linear.py).
+        self.model.kernel_rows = VERIFY_ROWS if any(it.num_draft_tokens for it in items) else FAST_ROWS
         input_ids: list[int] = []
         positions: list[int] = []
         slot_mapping: list[int] = []
