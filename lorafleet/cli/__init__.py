@@ -111,6 +111,7 @@ def serve(
     max_loras: int = opt(EngineConfig, "max_loras"),
     max_lora_rank: int = opt(EngineConfig, "max_lora_rank"),
     num_threads: Optional[int] = opt(EngineConfig, "num_threads"),
+    onednn_cache_capacity: int = opt(EngineConfig, "onednn_cache_capacity"),
     seed: int = opt(EngineConfig, "seed"),
     num_speculative_tokens: int = opt(EngineConfig, "num_speculative_tokens"),
     prompt_lookup_max: int = opt(EngineConfig, "prompt_lookup_max"),
@@ -129,7 +130,8 @@ def serve(
                        kv_cache_dtype=kv_cache_dtype,
                        num_kv_blocks=num_kv_blocks, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                        max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching, max_loras=max_loras,
-                       max_lora_rank=max_lora_rank, num_threads=num_threads, seed=seed,
+                       max_lora_rank=max_lora_rank, num_threads=num_threads,
+                       onednn_cache_capacity=onednn_cache_capacity, seed=seed,
                        num_speculative_tokens=num_speculative_tokens, prompt_lookup_max=prompt_lookup_max,
                        prompt_lookup_min=prompt_lookup_min)
     server_cfg = build(ServerConfig, host=host, port=port, served_model_name=served_model_name,

@@ -57,6 +57,10 @@ class EngineConfig:
     max_loras: int = field(default=8, metadata={"help": "Adapters resident at once (LRU-unloaded beyond this)."})
     max_lora_rank: int = field(default=16, metadata={"help": "Largest LoRA rank accepted; adapter slots are this wide."})
     num_threads: int | None = field(default=None, metadata={"help": "torch intra-op threads on CPU (default: all cores)."})
+    onednn_cache_capacity: int = field(default=128, metadata={
+        "help": "Entries of oneDNN's and ideep's primitive caches on CPU. Each distinct step size adds one "
+                "(about 0.5-1 MB), so unbounded caches (1,024 each by default) grow the engine's memory for hours "
+                "under varied traffic; decode steps need only a few dozen."})
     seed: int = field(default=0, metadata={"help": "Seed of the sampler for requests without their own seed."})
     num_speculative_tokens: int = field(default=0, metadata={
         "help": "Prompt-lookup (n-gram) speculative decoding: draft tokens verified per step by default; 0 is off. "
@@ -97,6 +101,8 @@ class EngineConfig:
             problems.append(f"max_lora_rank must be positive, got {self.max_lora_rank}")
         if self.num_threads is not None and self.num_threads < 1:
             problems.append(f"num_threads must be positive, got {self.num_threads}")
+        if self.onednn_cache_capacity < 1:
+            problems.append(f"onednn_cache_capacity must be positive, got {self.onednn_cache_capacity}")
         if problems:
             raise ConfigError("; ".join(problems))
 

@@ -13,7 +13,7 @@ from lorafleet.loading import load_hf_config, load_state_dict
 from serve.engine.attention import AttnMetadata, PrefillSpan
 from lorafleet.config import EngineConfig
 from serve.engine import kv_cache
-from serve.engine.linear import FAST_ROWS, VERIFY_ROWS
+from serve.engine.linear import FAST_ROWS, VERIFY_ROWS, bound_onednn_caches
 from serve.engine.kv_math import DTYPE_BYTES, GIB, kv_bytes_per_token, kv_storage_dtype, num_kv_blocks
 from serve.engine.llama import LlamaForCausalLM, LlamaSpec
 from serve.engine.block_manager import BlockCopy
@@ -70,6 +70,7 @@ class ModelRunner:
         self.dtype = getattr(torch, cfg.dtype)
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
+            bound_onednn_caches(cfg.onednn_cache_capacity)
         hf_cfg = load_hf_config(checkpoint)
         self.spec = LlamaSpec.from_hf_config(hf_cfg, str(checkpoint / "config.json"))
         self.model = self._load_model(checkpoint)
