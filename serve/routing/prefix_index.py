@@ -12,34 +12,44 @@ from collections.abc import Sequence
 
 
 class PrefixIndex:
-    """Maps a prefix-block key (see ``scores.text_prefix_keys``) to the replicas that were sent it."""
+    """Maps a prefix-block key (see ``scores.text_prefix_keys``) to the replicas that were sent it.
+
+    The replicas holding a key are a bit mask (one bit per replica name, assigned on first sight) rather than a
+    set: at up to hundreds of thousands of keys, a set per key made the gateway's memory grow by ~350 bytes a key
+    for hours under varied prompts (issue #10's soak); a small int costs nothing beyond the dict entry.
+    """
 
     def __init__(self, max_keys: int = 100_000) -> None:
         if max_keys < 1:
             raise ValueError(f"max_keys must be >= 1, got {max_keys}")
         self.max_keys = max_keys
-        self._replicas_by_key: OrderedDict[int, set[str]] = OrderedDict()
+        self._replicas_by_key: OrderedDict[int, int] = OrderedDict()  # key -> mask of replica bits
+        self._bits: dict[str, int] = {}  # replica -> its bit
         self._num_keys: Counter[str] = Counter()  # per replica: keys that list it
 
     def __len__(self) -> int:
         return len(self._replicas_by_key)
 
+    def _bit(self, replica: str) -> int:
+        bit = self._bits.get(replica)
+        if bit is None:
+            bit = self._bits[replica] = 1 << len(self._bits)
+        return bit
+
     def record(self, prefix_keys: Sequence[int], replica: str) -> None:
         """Note that a request with these prefix keys was sent to ``replica``."""
+        bit = self._bit(replica)
         for key in prefix_keys:
-            holders = self._replicas_by_key.get(key)
-            if holders is None:
-                self._replicas_by_key[key] = {replica}
+            holders = self._replicas_by_key.get(key, 0)
+            if not holders & bit:
                 self._num_keys[replica] += 1
-            else:
-                if replica not in holders:
-                    holders.add(replica)
-                    self._num_keys[replica] += 1
-                self._replicas_by_key.move_to_end(key)
+            self._replicas_by_key[key] = holders | bit
+            self._replicas_by_key.move_to_end(key)
         while len(self._replicas_by_key) > self.max_keys:
             _, holders = self._replicas_by_key.popitem(last=False)
-            for r in holders:
-                self._num_keys[r] -= 1
+            for name, b in self._bits.items():
+                if holders & b:
+                    self._num_keys[name] -= 1
 
     def num_blocks(self, replica: str) -> int:
         """Prefix blocks the index remembers sending to ``replica`` (an estimate of its cache's contents)."""
@@ -50,19 +60,22 @@ class PrefixIndex:
 
         Keys are chained (key i covers blocks 0..i), so the deepest key held is the match length.
         """
+        bit = self._bits.get(replica)
+        if bit is None:
+            return 0
         for depth in range(len(prefix_keys), 0, -1):
-            holders = self._replicas_by_key.get(prefix_keys[depth - 1])
-            if holders is not None and replica in holders:
+            if self._replicas_by_key.get(prefix_keys[depth - 1], 0) & bit:
                 return depth
         return 0
 
     def forget_replica(self, replica: str) -> None:
         """Drop ``replica`` everywhere (it was removed, or restarted with an empty cache)."""
-        empty = []
-        for key, holders in self._replicas_by_key.items():
-            holders.discard(replica)
-            if not holders:
-                empty.append(key)
-        for key in empty:
-            del self._replicas_by_key[key]
+        bit = self._bits.get(replica)
+        if bit is not None:
+            for key in [k for k, holders in self._replicas_by_key.items() if holders & bit]:
+                holders = self._replicas_by_key[key] & ~bit
+                if holders:
+                    self._replicas_by_key[key] = holders
+                else:
+                    del self._replicas_by_key[key]
         self._num_keys.pop(replica, None)

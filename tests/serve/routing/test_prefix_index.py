@@ -52,3 +52,24 @@ def test_blocks_per_replica_follow_records_evictions_and_forgets() -> None:
     assert (idx.num_blocks("a"), idx.num_blocks("b")) == (2, 4)
     idx.forget_replica("b")
     assert (idx.num_blocks("a"), idx.num_blocks("b")) == (2, 0)
+
+
+def test_a_full_index_costs_little_memory_per_key() -> None:
+    """The index fills up over hours of varied prompts; what it holds per key is what the gateway grows by
+    (a set of replica names per key took ~440 bytes; a bit mask ~210)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        idx = PrefixIndex(max_keys=20_000)
+        for i in range(8_000):
+            keys = [hash((i, d)) for d in range(5)]
+            idx.record(keys, f"r{i % 2}")
+            if i % 3 == 0:
+                idx.record(keys[:2], f"r{(i + 1) % 2}")
+        per_key = tracemalloc.get_traced_memory()[0] / len(idx)
+    finally:
+        tracemalloc.stop()
+    assert len(idx) == 20_000
+    assert per_key < 300, per_key
+    assert idx.num_blocks("r0") + idx.num_blocks("r1") >= 20_000
