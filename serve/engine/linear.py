@@ -34,8 +34,8 @@ def bound_onednn_caches(capacity: int) -> None:
 
     Both key entries by shape, and a step's row count is the number of tokens it runs, which under varied
     traffic (prefill chunks mixed with decodes) is a new number at almost every step. At their default 1,024
-    entries of ~0.5-1 MB, the soak's replicas grew by ~40 MB a minute for the first half hour (a test with
-    random prompt lengths: +200 MB over 300 requests with both caps at 1,024, flat after 100 requests at 128).
+    entries of ~0.5-1 MB, the soak's replicas grew by 440 MB over its 30 minutes, fastest at first (an engine fed
+    random prompt lengths: +200 MB over 320 requests with both caps at 1,024; flat after ~400 requests at 128).
     Both read their capacity from the environment (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, ``LRU_CACHE_CAPACITY``)
     once, at their first use in the process (torch does not export oneDNN's setter), so this must run before
     the process's first oneDNN op: it does in the engine's worker process. A value already in the environment

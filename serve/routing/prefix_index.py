@@ -15,7 +15,7 @@ class PrefixIndex:
     """Maps a prefix-block key (see ``scores.text_prefix_keys``) to the replicas that were sent it.
 
     The replicas holding a key are a bit mask (one bit per replica name, assigned on first sight) rather than a
-    set: at up to hundreds of thousands of keys, a set per key made the gateway's memory grow by ~350 bytes a key
+    set: at up to hundreds of thousands of keys, a set per key made the gateway's memory grow by ~440 bytes a key
     for hours under varied prompts (issue #10's soak); a small int costs nothing beyond the dict entry.
     """
 
