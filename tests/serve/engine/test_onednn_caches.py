@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[3]
 #: steps of many distinct sizes: 4 requests of random lengths interleaved (prefill chunks mixed with decodes)
 SCRIPT = textwrap.dedent("""
     import json, os, random, sys
-    import psutil, torch
+    import psutil
     from lorafleet.config import EngineConfig
     from serve.engine.engine import LLMEngine
     from serve.engine.sampling_params import SamplingParams
@@ -68,7 +68,9 @@ def test_bounded_caches_keep_memory_flat_where_default_ones_grow(base_model_path
 
 def test_an_operator_setting_in_the_environment_wins(monkeypatch) -> None:
     monkeypatch.setenv("LRU_CACHE_CAPACITY", "300")
-    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    # set, then removed: monkeypatch records the original either way, so what the call sets is undone afterwards
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "unset")
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
     bound_onednn_caches(64)
     assert os.environ["LRU_CACHE_CAPACITY"] == "300" and os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
 
