@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = ("paged_attention.cpp", "fused_ops.cpp", "lora.cpp", "gemv.cpp")
 FUNCTIONS = ("paged_decode_attention", "paged_decode_attention_quant", "write_kv_quant", "rms_norm", "add_rms_norm",
-             "rope_and_cache", "silu_and_mul", "lora_delta")
+             "rope_and_cache", "silu_and_mul", "lora_add_")
 #: built only where ``-march=native`` targets AVX-512 (``csrc/gemv.cpp``); elsewhere projections stay on oneDNN
 AVX512_FUNCTIONS = ("bf16_small_m_linear",)
 

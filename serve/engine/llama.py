@@ -177,20 +177,20 @@ class LlamaForCausalLM(nn.Module):
             kv = kv_caches[li]
             qkv = layer.proj["qkv"](x, self.kernel_rows)
             if lora_batch is not None:
-                qkv = qkv + lora.delta(li, "qkv", x, lora_batch)
+                lora.add_(li, "qkv", qkv, x, lora_batch)
             q, k, v = self._rope_and_cache(qkv, positions, cos, sin, kv, meta.slot_mapping)
             attn = self._attention(q, k, v, kv, meta).reshape(n, spec.q_size)
             o = layer.proj["o"](attn, self.kernel_rows)
             if lora_batch is not None:
-                o = o + lora.delta(li, "o", attn, lora_batch)
+                lora.add_(li, "o", o, attn, lora_batch)
             x = self._add_norm(h, o, layer.post_attn_norm)
             gu = layer.proj["gate_up"](x, self.kernel_rows)
             if lora_batch is not None:
-                gu = gu + lora.delta(li, "gate_up", x, lora_batch)
+                lora.add_(li, "gate_up", gu, x, lora_batch)
             act = self._silu_and_mul(gu)
             d = layer.proj["down"](act, self.kernel_rows)
             if lora_batch is not None:
-                d = d + lora.delta(li, "down", act, lora_batch)
+                lora.add_(li, "down", d, act, lora_batch)
             if li < last:
                 x = self._add_norm(h, d, self.layers[li + 1].input_norm)
             else:

@@ -159,8 +159,8 @@ def test_corrupt_weights_are_refused(adapter_copy, spec: LlamaSpec) -> None:
 
 @pytest.mark.parametrize("path", ["kernel", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_stack_delta_is_b_a_x_times_scaling_per_row(lora_adapters: dict[str, Path], spec: LlamaSpec, path: str,
-                                                     dtype: torch.dtype) -> None:
+def test_stack_adds_b_a_x_times_scaling_per_row(lora_adapters: dict[str, Path], spec: LlamaSpec, path: str,
+                                                dtype: torch.dtype) -> None:
     a0 = load(lora_adapters["a0"], spec)
     a1 = load(lora_adapters["a1"], spec)
     stack = LoraStack(spec, num_slots=3, max_rank=MAX_RANK, dtype=dtype, device=torch.device("cpu"))
@@ -171,26 +171,31 @@ def test_stack_delta_is_b_a_x_times_scaling_per_row(lora_adapters: dict[str, Pat
     stack.set_slot(0, a0)
     stack.set_slot(2, a1)
     assert stack.make_batch([-1, -1]) is None, "a base-only batch needs no LoRA work"
-    rows = [-1, 0, 2, 1, 0]  # base, a0, a1, empty slot, a0
+    rows = [-1, 0, 2, 1, 0] + [2] * 20 + [-1, 0]  # base, a0, a1, an empty slot, a0, a prefill chunk of a1, ...
     batch = stack.make_batch(rows)
     for layer, group in ((0, "qkv"), (17, "o"), (3, "gate_up"), (29, "down")):
-        x = torch.randn(len(rows), stack.A[layer][group].shape[2], generator=torch.Generator().manual_seed(layer))
-        got = stack.delta(layer, group, x.to(dtype), batch)
-        assert got.shape == (len(rows), sum(stack.out_dims[group])) and got.dtype == dtype
+        gen = torch.Generator().manual_seed(layer)
+        x = torch.randn(len(rows), stack.A[layer][group].shape[2], generator=gen)
+        y = torch.randn(len(rows), sum(stack.out_dims[group]), generator=gen).to(dtype)  # the projection's output
+        out = stack.add_(layer, group, y.clone(), x.to(dtype), batch)
+        assert out.dtype == dtype and out.shape == y.shape
+        got = out.float() - y.float()
         for row, slot in enumerate(rows):
             adapter = {0: a0, 2: a1}.get(slot)
             if adapter is None:
-                assert got[row].abs().max() == 0
+                assert got[row].abs().max() == 0, "base rows and rows of an empty slot are left as they are"
                 continue
             rounded = [(w.to(dtype).float() for w in adapter.weights[(layer, m)]) for m in GROUPS[group]]
             xr = x[row].to(dtype).float()
             want = torch.cat([(xr @ a.T) @ b.T for a, b in rounded]) * adapter.scaling
-            # bf16: the torch path rounds the rank-R intermediate too, so allow 1% of the row's largest value
-            atol = 1e-5 if dtype == torch.float32 else 1e-2 * want.abs().max().item()
+            # bf16: y + delta is rounded (and the torch path rounds the rank-R intermediate and delta too), so
+            # allow 1% of the row's largest value of y or delta
+            atol = 1e-5 if dtype == torch.float32 else 1e-2 * max(want.abs().max().item(), y[row].float().abs().max().item())
             torch.testing.assert_close(got[row].float(), want, rtol=1e-4 if dtype == torch.float32 else 2e-2, atol=atol)
     stack.set_slot(0, None)
     x = torch.randn(len(rows), spec.hidden_size).to(dtype)
-    assert stack.delta(0, "qkv", x, stack.make_batch(rows))[1].abs().max() == 0, "a cleared slot adds nothing"
+    y = torch.zeros(len(rows), sum(stack.out_dims["qkv"]), dtype=dtype)
+    assert stack.add_(0, "qkv", y, x, stack.make_batch(rows))[1].abs().max() == 0, "a cleared slot adds nothing"
 
 
 def test_unreadable_paths_and_configs_are_artifact_errors(adapter_copy, spec: LlamaSpec, tmp_path: Path) -> None:
