@@ -165,7 +165,8 @@ class TrainBenchConfig:
 
     json_path: Path = field(metadata={"help": "Where to write the results JSON."})
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "Base model name or checkpoint dir."})
-    num_samples: int = field(default=128, metadata={"help": "Generated chat samples (5% of them held out for val_loss)."})
+    num_samples: int = field(default=128, metadata={"help": "Generated chat samples to train on."})
+    num_val: int = field(default=64, metadata={"help": "Generated held-out samples for val_loss (not trained on)."})
     min_tokens: int = field(default=16, metadata={"help": "Shortest reply, in tokens (lengths are spread up to --max-tokens)."})
     max_tokens: int = field(default=256, metadata={"help": "Longest reply, in tokens."})
     batch_size: int = field(default=4, metadata={"help": "Samples per micro-batch, for both runs."})
@@ -175,7 +176,7 @@ class TrainBenchConfig:
 
     def __post_init__(self) -> None:
         problems = [f"{k} must be at least 1, got {getattr(self, k)}" for k in
-                    ("num_samples", "min_tokens", "max_tokens", "batch_size", "epochs") if getattr(self, k) < 1]
+                    ("num_samples", "num_val", "min_tokens", "max_tokens", "batch_size", "epochs") if getattr(self, k) < 1]
         if self.min_tokens > self.max_tokens:
             problems.append(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
         if self.num_threads is not None and self.num_threads < 1:

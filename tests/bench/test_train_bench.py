@@ -30,15 +30,18 @@ def test_generated_replies_spread_over_the_length_range(tokenizer) -> None:
 def test_bench_train_runs_both_and_writes_the_keys(tmp_path: Path) -> None:
     out = tmp_path / "train.json"
     threads = os.environ.get("LORAFLEET_TEST_THREADS", "1")
-    proc = subprocess.run([LORAFLEET, "bench", "train", "--json", str(out), "--num-samples", "24", "--min-tokens", "8",
-                           "--max-tokens", "48", "--num-threads", threads], capture_output=True, text=True, timeout=1100)
+    proc = subprocess.run([LORAFLEET, "bench", "train", "--json", str(out), "--num-samples", "22", "--num-val", "3",
+                           "--min-tokens", "8", "--max-tokens", "48", "--num-threads", threads],
+                          capture_output=True, text=True, timeout=1100)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert set(results["tokens_per_s"]) == {"ours", "baseline"} and set(results["val_loss"]) == {"ours", "baseline"}
     assert all(v > 0 for v in results["tokens_per_s"].values())
     assert all(0 < v <= results["initial_val_loss"] + 1e-6 for v in results["val_loss"].values())
     assert results["speedup"] == pytest.approx(results["tokens_per_s"]["ours"] / results["tokens_per_s"]["baseline"])
-    assert results["data"]["num_train"] == 22 and results["data"]["num_val"] == 2
+    assert results["data"]["num_train"] == 22 and results["data"]["num_val"] == 3
+    start, val = results["initial_val_loss"], results["val_loss"]
+    assert results["val_loss_reduction_vs_baseline"] == pytest.approx((start - val["ours"]) / (start - val["baseline"]), abs=1e-4)
     assert "--packing" in results["ours"]["flags"] and results["baseline"]["dtype"] == "float32"
     assert "speedup" in proc.stdout
 
