@@ -50,9 +50,10 @@ def test_committed_result_meets_the_target() -> None:
     results = json.loads((ROOT / "bench" / "results" / "train.json").read_text())
     assert results["speedup"] >= 1.3 and results["target"]["met"]
     assert results["tokens_per_s"]["ours"] >= 1.3 * results["tokens_per_s"]["baseline"]
-    # Quality: ours removes most of the validation loss the baseline removes. Not "equal": on this run ours (bf16,
-    # packed) ended at 0.068 against the fp32 padded baseline's 0.054 from 0.189 (90% of its reduction); ours in
-    # fp32 reached 0.062 (95%) at 1.38x, so the rest is batch composition, not bf16 (docs/train.md).
+    # Quality: ours removes nearly all of the validation loss the baseline removes, on 64 held-out samples (the
+    # committed run: 96.5%, 0.0835 vs 0.0771 from 0.260; docs/train.md).
     val, start = results["val_loss"], results["initial_val_loss"]
-    assert (start - val["ours"]) >= 0.85 * (start - val["baseline"])
+    assert results["data"]["num_val"] >= 64
+    assert (start - val["ours"]) >= 0.9 * (start - val["baseline"])
+    assert results["val_loss_reduction_vs_baseline"] == pytest.approx((start - val["ours"]) / (start - val["baseline"]), abs=1e-4)
     assert results["data"]["tokens_max"] > 4 * results["data"]["tokens_min"]
