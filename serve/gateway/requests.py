@@ -111,8 +111,8 @@ def prompt_text(body: Mapping[str, Any]) -> str | list[int] | None:
         parts = []
         for m in messages:
             content = m.get("content") if isinstance(m, dict) else None
-            if isinstance(content, list):  # content parts: keep the text ones
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            if isinstance(content, list):  # content parts: keep the text ones (bodies are not validated yet here)
+                content = "".join(t for p in content if isinstance(p, dict) and isinstance(t := p.get("text"), str))
             parts.append(f"<|{m.get('role') if isinstance(m, dict) else ''}|>{content or ''}\n")
         return "".join(parts)
     prompt = body.get("prompt")

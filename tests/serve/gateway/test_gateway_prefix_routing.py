@@ -10,6 +10,8 @@ from collections import Counter
 import httpx
 import pytest
 
+from serve.gateway.requests import prompt_text
+
 pytestmark = pytest.mark.timeout(120)
 SYSTEM = "You are the support assistant of tenant Alpha. Follow the policy handbook exactly. " * 8
 
@@ -62,3 +64,11 @@ def test_a_hot_prefix_spreads_once_its_replica_is_over_the_bound(four, policy) -
     assert sum(counts.values()) == 40
     assert len(counts) >= 3, counts
     assert max(counts.values()) <= 25, counts  # ceil(1.5 * 40 / 4) = 15 at most at once, plus finished ones
+
+
+def test_prompt_text_skips_content_parts_that_are_not_text() -> None:
+    """Found by fuzzing (issue #10): a content part whose "text" was an int made routing raise, a gateway 500;
+    the body goes on to the backend, which answers 400."""
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": 0}, {"type": "text", "text": "hi"},
+                                                      "x", {"text": None}, {"type": "image_url"}]}]}
+    assert prompt_text(body) == "<|user|>hi\n"
