@@ -51,13 +51,14 @@ def _summary(runs: list) -> dict:
             "runs_tok_s": [x.throughput_tok_s for x in runs]}
 
 
-def _run(url: str, models: list[str], cfg: EngineBenchConfig, seed: int):
-    return run_concurrent(url, [StreamRequest(m, p, cfg.output_tokens) for m, p in zip(models, _prompts(len(models), seed))])
+def _run(url: str, models: list[str], seed: int, max_tokens: int):
+    """One concurrent run: request i for ``models[i]`` with a fresh prompt of ``seed``."""
+    return run_concurrent(url, [StreamRequest(m, p, max_tokens) for m, p in zip(models, _prompts(len(models), seed))])
 
 
 def _throughput(url: str, models: list[str], cfg: EngineBenchConfig, seed: int) -> dict:
-    run_concurrent(url, [StreamRequest(m, p, 8) for m, p in zip(models, _prompts(len(models), seed))])  # warm-up
-    return _summary([_run(url, models, cfg, seed + 1 + r) for r in range(cfg.repeats)])
+    _run(url, models, seed, 8)  # warm-up
+    return _summary([_run(url, models, seed + 1 + r, cfg.output_tokens) for r in range(cfg.repeats)])
 
 
 def _paired_throughput(url: str, base_models: list[str], lora_models: list[str], cfg: EngineBenchConfig,
@@ -66,12 +67,11 @@ def _paired_throughput(url: str, base_models: list[str], lora_models: list[str],
     a change in the machine's speed during the bench (other tenants, clocks) falls on both sides of each pair.
     Returns both summaries; the adapters' one carries ``ratio_runs`` (adapter / base tok/s per pair) and
     ``ratio`` (their median)."""
-    run_concurrent(url, [StreamRequest(m, p, 8) for m, p in zip(base_models + lora_models,
-                                                                _prompts(len(base_models) + len(lora_models), seed))])
+    _run(url, base_models + lora_models, seed, 8)  # warm-up
     base_runs, lora_runs = [], []
     for r in range(cfg.repeats):
-        base_runs.append(_run(url, base_models, cfg, seed + 1 + r))
-        lora_runs.append(_run(url, lora_models, cfg, seed + 101 + r))
+        base_runs.append(_run(url, base_models, seed + 1 + r, cfg.output_tokens))
+        lora_runs.append(_run(url, lora_models, seed + 101 + r, cfg.output_tokens))
     ratios = [b.throughput_tok_s / a.throughput_tok_s for a, b in zip(base_runs, lora_runs)]
     return _summary(base_runs), {**_summary(lora_runs), "ratio_runs": ratios, "ratio": median(ratios)}
 

@@ -1,12 +1,13 @@
 """``lorafleet bench train``: our SFT path vs a plain HF ``Trainer`` + PEFT baseline, same data, one run.
 
 The data: generated chat samples whose replies (a fixed lead-in, then counting, multiples or repeated words:
-learnable, so the validation loss means something) are spread evenly between ``--min-tokens`` and ``--max-tokens`` long;
-``--num-val`` more samples from the same generator are held out (64 by default: with 5% of 128, 7 samples, the
-two runs' validation losses differed by more than their batches explain). *Ours* is ``lorafleet train sft --packing`` with every other setting at its default, run as a
-subprocess (stages do not import each other). The *baseline* is what a user writes first: the checkpoint in
-float32, PEFT LoRA with the same rank, alpha, dropout, targets, learning rate, schedule, batch size and
-epochs, HF ``Trainer`` with ``DataCollatorForSeq2Seq`` padding each batch to its longest sample.
+learnable, so the validation loss means something) are spread evenly between ``--min-tokens`` and
+``--max-tokens`` long; ``--num-val`` more samples from the same generator are held out (64 by default: on 5% of
+128, 7 samples, batch composition moved the comparison more than precision did). *Ours* is
+``lorafleet train sft --packing`` with every other setting at its default, run as a subprocess (stages do not
+import each other). The *baseline* is what a user writes first: the checkpoint in float32, PEFT LoRA with the
+same rank, alpha, dropout, targets, learning rate, schedule, batch size and epochs, HF ``Trainer`` with
+``DataCollatorForSeq2Seq`` padding each batch to its longest sample.
 
 ``tokens_per_s``: non-padding tokens trained per second of training (model loading and evaluation excluded).
 ``val_loss``: token-weighted cross-entropy on the held-out replies, computed the same way for both: each

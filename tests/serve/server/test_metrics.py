@@ -4,6 +4,7 @@ reaction to clients that go away (the engine must stop working for them)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 import uuid
 
 import httpx
@@ -30,16 +31,25 @@ def scrape(http: httpx.Client) -> Metrics:
     return Metrics(r.text)
 
 
-def wait_until_idle(http: httpx.Client, timeout_s: float = 3.0) -> Metrics:
-    """Poll until no request runs or waits; fail after ``timeout_s``."""
+def poll(http: httpx.Client, ok: Callable[[Metrics], bool], timeout_s: float) -> tuple[Metrics, bool]:
+    """Scrape every 0.1 s until ``ok`` holds or ``timeout_s`` passes; the last scrape and whether ``ok`` held."""
     deadline = time.monotonic() + timeout_s
     while True:
         m = scrape(http)
-        if m.get("vllm:num_requests_running") == 0 and m.get("vllm:num_requests_waiting") == 0:
-            return m
+        if ok(m):
+            return m, True
         if time.monotonic() > deadline:
-            pytest.fail(f"requests still running after {timeout_s}s: running={m.get('vllm:num_requests_running')}")
+            return m, False
         time.sleep(0.1)
+
+
+def wait_until_idle(http: httpx.Client, timeout_s: float = 3.0) -> Metrics:
+    """Poll until no request runs or waits; fail after ``timeout_s``."""
+    m, idle = poll(http, lambda m: m.get("vllm:num_requests_running") == 0 and m.get("vllm:num_requests_waiting") == 0,
+                   timeout_s)
+    if not idle:
+        pytest.fail(f"requests still running after {timeout_s}s: running={m.get('vllm:num_requests_running')}")
+    return m
 
 
 def stream_usage(http: httpx.Client, path: str, body: dict) -> dict:
@@ -129,13 +139,9 @@ def test_streaming_client_disconnect_frees_the_engine(server) -> None:
                     break
             # The gauges are the engine's last published snapshot; on a loaded machine that can lag the stream,
             # so poll briefly (the stream stays open and unread meanwhile).
-            deadline = time.monotonic() + 5.0
-            while True:
-                during = scrape(http)
-                running, usage = during.get("vllm:num_requests_running"), during.get("vllm:kv_cache_usage_perc")
-                if (running, usage > 0) == (1, True) or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
+            during, _ = poll(http, lambda m: (m.get("vllm:num_requests_running"), m.get("vllm:kv_cache_usage_perc") > 0)
+                             == (1, True), 5.0)
+            running, usage = during.get("vllm:num_requests_running"), during.get("vllm:kv_cache_usage_perc")
             assert (running, usage > 0) == (1, True), (
                 f"running={running} waiting={during.get('vllm:num_requests_waiting')} kv_usage={usage} "
                 f"preemptions={during.get('vllm:num_preemptions_total')} after {chunks} chunks")
