@@ -36,6 +36,9 @@ from lorafleet.errors import BackendError
 from lorafleet.loading import resolve_model
 
 SCHEMES = {"int8": "hf", "nf4": "hf", "int8-engine": "engine", "w4a16": "vllm", "w8a8": "vllm"}
+#: extra quantize arguments per scheme: NF4 keeps the 10% of the linear parameters whose rounding costs most
+#: in bf16 (the 4-bit linear layers then take ~33% of their bf16 bytes, under the 35% bound)
+SCHEME_ARGS = {"nf4": ("--keep-bf16-share", "0.1")}
 VLLM_DTYPE = "bfloat16"
 #: the keys of each result entry (issue #6, "done when" 4); everything else goes under ``details``
 KEYS = {"quantize": ("ppl", "ppl_delta_pct", "bytes", "load_vllm"), "kv": ("ppl_delta_pct", "capacity_ratio"),
@@ -66,8 +69,10 @@ TARGETS = {  # (path in the results or their details, comparison, bound)
 class Runner:
     """Runs ``lorafleet`` subcommands, logging each to ``work/logs``, and reads their JSON.
 
-    With ``reuse``, a checkpoint whose ``report.json`` exists and an eval whose JSON exists (same arguments)
-    are taken from an earlier, interrupted run instead of being made again.
+    With ``reuse``, a checkpoint whose ``report.json`` exists and was made with the same arguments
+    (``bench-args.json`` beside it), and an eval whose JSON exists for the same arguments and the same
+    checkpoint (its ``report.json`` is part of the key), are taken from an earlier, interrupted run instead of
+    being made again.
     """
 
     def __init__(self, work: Path, console: Console, reuse: bool) -> None:
@@ -89,12 +94,16 @@ class Runner:
 
     def make(self, what: str, dst: Path, *args: str) -> dict[str, Any]:
         """Build checkpoint ``dst`` (unless reusable); its report."""
-        if not (self.reuse and (dst / "report.json").is_file()):
+        stamp = dst / "bench-args.json"
+        if not (self.reuse and (dst / "report.json").is_file() and stamp.is_file()
+                and json.loads(stamp.read_text()) == list(args)):
             self.cli(what, *args, "--out", str(dst), "--force")
+            write_json(stamp, list(args))
         return json.loads((dst / "report.json").read_text())
 
     def json(self, what: str, *args: str) -> dict[str, Any]:
-        key = hashlib.sha256("\0".join(args).encode()).hexdigest()[:16]
+        reports = [Path(a) / "report.json" for a in args if (Path(a) / "report.json").is_file()]
+        key = hashlib.sha256("\0".join([*args, *(r.read_text() for r in reports)]).encode()).hexdigest()[:16]
         out = self.work / "json" / f"{key}.json"
         if not (self.reuse and out.is_file()):
             self.cli(what, *args, "--json", str(out))
@@ -129,7 +138,7 @@ def _report(path: Path) -> dict[str, Any]:
 def quantize_one(run: Runner, base: Path, base_ppl: float, cfg: OptimizeBenchConfig, scheme: str) -> dict[str, Any]:
     backend, dst = SCHEMES[scheme], run.work / scheme
     rep = run.make(f"quantize {scheme}", dst, "optimize", "quantize", str(base), "--scheme", scheme,
-                   "--llmc-python", cfg.llmc_python)
+                   *SCHEME_ARGS.get(scheme, ()), "--llmc-python", cfg.llmc_python)
     entry = {"ppl": None, "ppl_delta_pct": None, "bytes": rep["checkpoint_bytes"], "load_vllm": None,
              "linear_bytes": rep["linear_bytes"], "linear_share_of_bf16": rep["linear_share_of_bf16"],
              "backend": backend, "quantize_seconds": rep["seconds"]}

@@ -3,7 +3,7 @@
 | scheme | how | loads in |
 |---|---|---|
 | ``int8`` | bitsandbytes LLM.int8() (8-bit rows, fp16 outlier columns) | transformers / PEFT |
-| ``nf4`` | bitsandbytes NF4, double quantization, bf16 compute (the QLoRA base) | transformers / PEFT |
+| ``nf4`` | bitsandbytes NF4, double quantization, bf16 compute (the QLoRA base); codes chosen by GPTQ | transformers / PEFT |
 | ``w4a16`` | GPTQ, 4-bit symmetric groups, llm-compressor → compressed-tensors | vLLM (and transformers) |
 | ``w8a8`` | SmoothQuant + GPTQ, int8 channels × dynamic int8 tokens, llm-compressor | vLLM (and transformers) |
 | ``int8-engine`` | int8 per output channel (:mod:`optimize.quant_math`), fp32 scales | lorafleet's engine |
@@ -29,6 +29,10 @@ from optimize.ppl import ENGINE_QUANT_METHOD
 from optimize.textdata import calibration_texts
 
 ROOT = Path(__file__).resolve().parents[1]
+#: bitsandbytes NF4 block size (its default) and the GPTQ dampening used for NF4 rounding (10% of the mean
+#: Hessian diagonal: the calibration set is small)
+NF4_BLOCK = 64
+GPTQ_DAMPENING = 0.1
 
 
 def run(cfg: QuantConfig) -> dict[str, Any]:
@@ -61,41 +65,85 @@ def size_facts(src: Path, dst: Path) -> dict[str, Any]:
             "linear_share_of_bf16": round(quant_math.share_of_bf16(lin, params), 4)}
 
 
-def sensitive_modules(src: Path, cfg: QuantConfig) -> list[str]:
-    """Decoder linear modules holding ``cfg.keep_bf16_share`` of the linear parameters whose NF4 round trip
-    hurts their calibration outputs most: relative error ‖X(W − Ŵ)ᵀ‖ / ‖XWᵀ‖, X = the module's inputs."""
-    import bitsandbytes.functional as bnbf
+def calibration_statistics(model, tok, cfg: QuantConfig, names: list[str], hessians: bool, fisher: bool):
+    """One pass over the calibration passages: for each linear module in ``names``, XᵀX of its inputs (for GPTQ)
+    and/or the summed squared gradients of the LM loss with respect to its weight (the diagonal of the
+    empirical Fisher, for ranking modules by how much their rounding costs the loss)."""
     import torch
     from rich.progress import track
-    from transformers import AutoModelForCausalLM
 
-    from lorafleet.loading import load_tokenizer
+    mods = dict(model.named_modules())
+    h = {n: 0 for n in names} if hessians else {}
+    f = {n: torch.zeros_like(mods[n].weight) for n in names} if fisher else {}
 
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-    tok = load_tokenizer(src)
-    linears = {n: m for n, m in model.named_modules() if quant_math.LINEAR_RE.match(n + ".")}
-    inputs: dict[str, list[torch.Tensor]] = {n: [] for n in linears}
-    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: inputs[n].append(a[0][0].detach())) for n, m in linears.items()]
-    with torch.inference_mode():
-        for text in calibration_texts(cfg.calib.calib_data, min(cfg.calib.num_calib_samples, 8)):
-            model(tok(text, return_tensors="pt", truncation=True, max_length=cfg.calib.max_seq_len).input_ids)
-    for h in hooks:
-        h.remove()
-    errors = {}
-    with torch.inference_mode():
-        for name in track(list(linears), description="NF4 sensitivity", transient=True):
-            w = linears[name].weight.float()
-            packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
-            x = torch.cat(inputs.pop(name))
-            errors[name] = float((x @ (w - bnbf.dequantize_4bit(packed, state).float()).T).norm() / (x @ w.T).norm())
-    budget = cfg.keep_bf16_share * sum(m.weight.numel() for m in linears.values())
+    def add_hessian(mod, args, n):
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+        h[n] = h[n] + x.T @ x
+
+    hooks = [mods[n].register_forward_pre_hook(lambda mod, a, n=n: add_hessian(mod, a, n)) for n in h]
+    texts = calibration_texts(cfg.calib.calib_data, cfg.calib.num_calib_samples)
+    model.requires_grad_(fisher)
+    try:
+        for text in track(texts, description="calibration statistics", transient=True):
+            ids = tok(text, return_tensors="pt", truncation=True, max_length=cfg.calib.max_seq_len).input_ids
+            if not fisher:
+                with torch.inference_mode():
+                    model(ids)
+                continue
+            model.zero_grad(set_to_none=True)
+            model(ids, labels=ids).loss.backward()
+            for n in names:
+                f[n] += mods[n].weight.grad.detach() ** 2
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.zero_grad(set_to_none=True)
+        model.requires_grad_(False)
+    return h, f
+
+
+def nf4_round_trip(weight):
+    """bitsandbytes' own NF4 quantization of ``weight`` (block 64, double-quantized absmax), dequantized."""
+    import bitsandbytes.functional as bnbf
+
+    packed, state = bnbf.quantize_4bit(weight, blocksize=NF4_BLOCK, quant_type="nf4", compress_statistics=True)
+    return bnbf.dequantize_4bit(packed, state).to(weight.dtype)
+
+
+def sensitive_modules(weights: dict, fisher: dict, share: float) -> list[str]:
+    """Decoder linear modules holding at most ``share`` of the linear parameters whose NF4 rounding costs the
+    loss most per parameter: Σ F ⊙ (W − Ŵ)² / numel, F = the empirical Fisher diagonal, Ŵ = W's NF4 round trip
+    (the second-order estimate of the loss increase, as in SqueezeLLM). Picked greedily, best first."""
+    score = {n: float((fisher[n] * (w - nf4_round_trip(w)) ** 2).sum()) / w.numel() for n, w in weights.items()}
+    budget = share * sum(w.numel() for w in weights.values())
     kept, used = [], 0
-    for name in sorted(errors, key=errors.get, reverse=True):
-        if used + linears[name].weight.numel() > budget:
-            break
-        kept.append(name)
-        used += linears[name].weight.numel()
-    return kept
+    for n in sorted(score, key=score.get, reverse=True):
+        if used + weights[n].numel() <= budget:
+            kept.append(n)
+            used += weights[n].numel()
+    return sorted(kept)
+
+
+def _gptq_nf4(model, weights: dict, hessians: dict) -> None:
+    """Replace the 4-bit codes of ``model``'s bitsandbytes NF4 linears with GPTQ's choice on the same grid and
+    block scales (:func:`optimize.gptq_math.gptq_onto_grid`), from the unquantized ``weights`` and the
+    calibration ``hessians``; the quant states (absmax, double quantization) stay bitsandbytes' own."""
+    import bitsandbytes.functional as bnbf
+    from rich.progress import track
+
+    from optimize import gptq_math
+
+    mods = dict(model.named_modules())
+    for name in track(sorted(hessians), description="GPTQ onto the NF4 grid", transient=True):
+        param = mods[name].weight
+        state = param.quant_state
+        if state.blocksize != NF4_BLOCK or tuple(state.shape) != tuple(weights[name].shape):
+            raise BackendError(f"{name}: unexpected bitsandbytes state (block {state.blocksize}, shape {state.shape})")
+        absmax = bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset if state.nested else state.absmax
+        scales = absmax.float().view(weights[name].shape[0], -1)
+        codes = gptq_math.gptq_onto_grid(weights[name], hessians[name], scales, state.code.float(), NF4_BLOCK,
+                                         damp=GPTQ_DAMPENING)
+        param.data = gptq_math.pack_nibbles(codes).view(param.data.shape)
 
 
 def _bitsandbytes(src: Path, dst: Path, cfg: QuantConfig) -> list[str]:
@@ -105,20 +153,35 @@ def _bitsandbytes(src: Path, dst: Path, cfg: QuantConfig) -> list[str]:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from transformers.utils import logging as hf_logging
 
+    from lorafleet.loading import load_tokenizer
+
     hf_logging.disable_progress_bar()
-    keep = sensitive_modules(src, cfg) if cfg.keep_bf16_share else []
-    skip = ["lm_head", *keep]
+    gptq = cfg.scheme == "nf4" and cfg.nf4_rounding == "gptq"
+    keep: list[str] = []
+    hessians: dict = {}
+    if gptq or cfg.keep_bf16_share:
+        fp = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+        names = [n for n, _ in fp.named_modules() if quant_math.LINEAR_RE.match(n + ".")]
+        weights = {n: m.weight.detach() for n, m in fp.named_modules() if n in names}
+        hessians, fisher = calibration_statistics(fp, load_tokenizer(src), cfg, names, gptq, bool(cfg.keep_bf16_share))
+        if cfg.keep_bf16_share:
+            keep = sensitive_modules(weights, fisher, cfg.keep_bf16_share)
+            for n in keep:
+                hessians.pop(n, None)
+        del fisher
     if cfg.scheme == "int8":
-        qc = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+        qc = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["lm_head", *keep])
     else:
         qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip)
+                                bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=["lm_head", *keep])
     with Console(stderr=True).status(f"bitsandbytes {cfg.scheme}: quantizing {src.name}"):
         try:  # unquantized tensors (embedding, norms, kept modules) in bf16
             model = AutoModelForCausalLM.from_pretrained(src, quantization_config=qc, dtype=torch.bfloat16, device_map="cpu")
         except (ImportError, RuntimeError, ValueError) as e:
             raise BackendError(f"bitsandbytes {cfg.scheme} failed on {src}: {str(e).splitlines()[0]}") from None
-        model.save_pretrained(dst, safe_serialization=True)
+    if gptq:  # no forward pass on ``model`` before this: on CPU one repacks the 4-bit weights
+        _gptq_nf4(model, weights, hessians)
+    model.save_pretrained(dst, safe_serialization=True)
     return keep
 
 

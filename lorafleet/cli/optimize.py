@@ -44,6 +44,7 @@ def quantize(
     group_size: Optional[int] = opt(QuantConfig, "group_size"),
     smoothing_strength: float = opt(QuantConfig, "smoothing_strength"),
     keep_bf16_share: float = opt(QuantConfig, "keep_bf16_share"),
+    nf4_rounding: str = opt(QuantConfig, "nf4_rounding"),
     calib_data: Optional[Path] = opt(CalibConfig, "calib_data"),
     num_calib_samples: int = opt(CalibConfig, "num_calib_samples"),
     max_seq_len: int = opt(CalibConfig, "max_seq_len"),
@@ -52,7 +53,8 @@ def quantize(
 ) -> None:
     """Weight quantization: int8 / nf4 (bitsandbytes), w4a16 / w8a8 (llm-compressor, for vLLM), int8-engine."""
     cfg = build(QuantConfig, model=model, out=out, scheme=scheme, group_size=group_size,
-                smoothing_strength=smoothing_strength, keep_bf16_share=keep_bf16_share, calib=_calib(calib_data, num_calib_samples, max_seq_len),
+                smoothing_strength=smoothing_strength, keep_bf16_share=keep_bf16_share, nf4_rounding=nf4_rounding,
+                calib=_calib(calib_data, num_calib_samples, max_seq_len),
                 llmc_python=llmc_python, force=force)
     r = call("optimize.quantize:run", cfg)
     _show(f"quantize {scheme} → {r['path']}", {k: r[k] for k in ("checkpoint_bytes", "base_checkpoint_bytes", "linear_bytes",

@@ -9,6 +9,7 @@ from pathlib import Path
 from lorafleet.errors import ConfigError
 
 QUANT_SCHEMES = ("int8", "nf4", "w4a16", "w8a8", "int8-engine")
+NF4_ROUNDINGS = ("gptq", "nearest")
 EVAL_BACKENDS = ("auto", "hf", "engine", "vllm")
 PRUNE_KINDS = ("depth", "width")
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -60,9 +61,14 @@ class QuantConfig:
         "help": "w4a16 group size; default: the largest of 128, 64, 32 dividing every linear input width."})
     smoothing_strength: float = field(default=0.8, metadata={"help": "w8a8 SmoothQuant migration strength alpha in [0, 1]."})
     keep_bf16_share: float = field(default=0.0, metadata={
-        "help": "int8 / nf4: share of the decoder linear parameters kept in bf16, the modules whose calibration "
-                "outputs suffer most from NF4 rounding first (0: quantize all)."})
-    calib: CalibConfig = field(default_factory=CalibConfig, metadata={"help": "Calibration set (w4a16, w8a8)."})
+        "help": "int8 / nf4: share of the decoder linear parameters kept in bf16, the modules whose NF4 rounding "
+                "costs the calibration loss most per parameter first (Fisher-weighted; 0: quantize all)."})
+    nf4_rounding: str = field(default="gptq", metadata={
+        "help": "nf4: how weights are rounded onto the NF4 grid, bitsandbytes' block scales either way: gptq "
+                "(error compensation on the calibration set, the better quality) or nearest (bitsandbytes "
+                "alone, fastest)."})
+    calib: CalibConfig = field(default_factory=CalibConfig, metadata={
+        "help": "Calibration set (w4a16, w8a8; nf4 GPTQ rounding and the --keep-bf16-share ranking)."})
     llmc_python: str = field(default=LLMC_PYTHON, metadata={"help": "Python of the llm-compressor venv (w4a16, w8a8)."})
     force: bool = field(default=False, metadata={"help": "Replace --out if it exists (never the input)."})
 
@@ -76,6 +82,8 @@ class QuantConfig:
             problems.append(f"keep_bf16_share must be in [0, 0.5), got {self.keep_bf16_share}")
         elif self.keep_bf16_share and self.scheme not in ("int8", "nf4"):
             problems.append("keep_bf16_share applies to --scheme int8 / nf4 only")
+        if self.nf4_rounding not in NF4_ROUNDINGS:
+            problems.append(f"nf4_rounding must be one of {', '.join(NF4_ROUNDINGS)}, got '{self.nf4_rounding}'")
         if not 0.0 <= self.smoothing_strength <= 1.0:
             problems.append(f"smoothing_strength must be in [0, 1], got {self.smoothing_strength}")
         _check_out(self.model, self.out, problems)

@@ -50,3 +50,4 @@ def test_committed_results_come_from_a_real_run() -> None:
             assert tuple(entry) == keys, (section, name)
     assert data["kv"]["int8"]["capacity_ratio"] == data["kv"]["fp8"]["capacity_ratio"] == 2.0
     assert data["targets"] == check_targets(data)
+    assert data["targets"]["nf4 ppl within +10%"]["met"] and data["targets"]["nf4 linear bytes <= 35% of bf16"]["met"]

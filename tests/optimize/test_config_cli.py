@@ -40,6 +40,9 @@ def test_prune_and_eval_configs() -> None:
         QuantConfig(model="m", out=Path("o"), scheme="w4a16", keep_bf16_share=0.1)
     with pytest.raises(ConfigError, match=r"keep_bf16_share must be in \[0, 0.5\)"):
         QuantConfig(model="m", out=Path("o"), scheme="nf4", keep_bf16_share=0.7)
+    with pytest.raises(ConfigError, match="nf4_rounding must be one of gptq, nearest, got 'awq'"):
+        QuantConfig(model="m", out=Path("o"), scheme="nf4", nf4_rounding="awq")
+    assert QuantConfig(model="m", out=Path("o"), scheme="nf4").nf4_rounding == "gptq"
 
 
 def lorafleet(*args: str) -> subprocess.CompletedProcess:
