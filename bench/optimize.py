@@ -36,9 +36,10 @@ from lorafleet.errors import BackendError
 from lorafleet.loading import resolve_model
 
 SCHEMES = {"int8": "hf", "nf4": "hf", "int8-engine": "engine", "w4a16": "vllm", "w8a8": "vllm"}
-#: extra quantize arguments per scheme: NF4 keeps the 10% of the linear parameters whose rounding costs most
-#: in bf16 (the 4-bit linear layers then take ~33% of their bf16 bytes, under the 35% bound)
-SCHEME_ARGS = {"nf4": ("--keep-bf16-share", "0.1")}
+#: extra quantize arguments per scheme: the 4-bit schemes keep the linear parameters whose rounding costs most
+#: in bf16 (10% for NF4; 7% for w4a16, whose group-32 scales take more bytes), so the linear layers take ~33% of
+#: their bf16 bytes, under the 35% bound
+SCHEME_ARGS = {"nf4": ("--keep-bf16-share", "0.1"), "w4a16": ("--group-size", "32", "--keep-bf16-share", "0.07")}
 VLLM_DTYPE = "bfloat16"
 #: the keys of each result entry (issue #6, "done when" 4); everything else goes under ``details``
 KEYS = {"quantize": ("ppl", "ppl_delta_pct", "bytes", "load_vllm"), "kv": ("ppl_delta_pct", "capacity_ratio"),

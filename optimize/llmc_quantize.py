@@ -6,7 +6,8 @@ compressed-tensors), so it imports nothing from lorafleet. ``optimize.quantize``
     .venv-llmcompressor/bin/python optimize/llmc_quantize.py REQUEST.json
 
 with ``{"model", "out", "scheme": "w4a16"|"w8a8", "group_size", "smoothing_strength", "texts": [...],
-"max_seq_len"}``. Progress lines ``progress <done> <total> <what>`` on stdout drive the caller's progress bar.
+"max_seq_len", "ignore": [module names kept unquantized], "dtype"}``. Progress lines
+``progress <done> <total> <what>`` on stdout drive the caller's progress bar.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def progress(done: int, total: int, what: str) -> None:
     print(f"progress {done} {total} {what}", flush=True)
 
 
-def recipe(scheme: str, group_size: int, smoothing_strength: float) -> list:
+def recipe(scheme: str, group_size: int, smoothing_strength: float, keep: list[str]) -> list:
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     from llmcompressor.modifiers.gptq import GPTQModifier
     from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
@@ -33,7 +34,7 @@ def recipe(scheme: str, group_size: int, smoothing_strength: float) -> list:
         weights = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=group_size,
                                    observer="mse")
         groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
-        return [GPTQModifier(config_groups=groups, ignore=["lm_head"], dampening_frac=0.1)]
+        return [GPTQModifier(config_groups=groups, ignore=["lm_head", *keep], dampening_frac=0.1)]
     if scheme == "w8a8":
         return [SmoothQuantModifier(smoothing_strength=smoothing_strength),
                 GPTQModifier(targets="Linear", scheme="W8A8", ignore=["lm_head"])]
@@ -50,12 +51,12 @@ def main(request_path: str) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(req["model"], dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(req["model"], dtype=getattr(torch, req.get("dtype", "float32")))
     tok = AutoTokenizer.from_pretrained(req["model"])
     enc = [tok(t, truncation=True, max_length=req["max_seq_len"]) for t in req["texts"]]
     ds = Dataset.from_list([{"input_ids": e["input_ids"], "attention_mask": e["attention_mask"]} for e in enc])
     progress(1, 3, f"calibrating {req['scheme']} on {len(enc)} samples")
-    oneshot(model=model, dataset=ds, recipe=recipe(req["scheme"], req["group_size"], req["smoothing_strength"]),
+    oneshot(model=model, dataset=ds, recipe=recipe(req["scheme"], req["group_size"], req["smoothing_strength"], req.get("ignore", [])),
             max_seq_length=req["max_seq_len"], num_calibration_samples=len(enc))
     progress(2, 3, "saving compressed checkpoint")
     model.save_pretrained(req["out"], save_compressed=True)

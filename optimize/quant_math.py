@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 INT8_QMAX = 127
+INT4_QMAX = 7
 #: decoder linear layers of a Llama-family checkpoint: every tensor under one of these module prefixes
 #: (weight, packed weight, scales, zero points, bitsandbytes quant state) belongs to that layer
 LINEAR_RE = re.compile(r"^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.")
@@ -34,6 +35,29 @@ def quantize_int8_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch
 def dequantize_int8_per_channel(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``q`` int8 [out, in] × ``scale`` [out] → fp32 weight [out, in]."""
     return q.float() * scale.float()[:, None]
+
+
+def int4_group_round_trip(weight: torch.Tensor, group: int) -> torch.Tensor:
+    """Symmetric int4 with one absmax scale per ``group`` input columns (codes −8..7, scale = max|w| / 7),
+    dequantized: the rounding a W4A16 scheme applies before GPTQ's error compensation."""
+    rows, cols = weight.shape
+    if cols % group:
+        raise ValueError(f"group size {group} does not divide {cols} columns")
+    g = weight.reshape(rows, cols // group, group)
+    scale = g.abs().amax(-1, keepdim=True) / INT4_QMAX
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return (torch.clamp(torch.round(g / scale), -INT4_QMAX - 1, INT4_QMAX) * scale).reshape(rows, cols)
+
+
+def fused_groups(names: list[str]) -> list[list[str]]:
+    """Linear modules that serving engines fuse into one matmul and so must share one precision: a layer's
+    q/k/v projections, and its gate/up projections; every other module is a group of its own."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        prefix, _, leaf = n.rpartition(".")
+        key = f"{prefix}.qkv" if leaf in ("q_proj", "k_proj", "v_proj") else f"{prefix}.gate_up" if leaf in ("gate_proj", "up_proj") else n
+        groups.setdefault(key, []).append(n)
+    return list(groups.values())
 
 
 def pick_group_size(widths: list[int], preferred: tuple[int, ...] = (128, 64, 32, 16)) -> int:

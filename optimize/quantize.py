@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lorafleet.atomic import atomic_dir, write_json
 from lorafleet.config.optimize import QuantConfig
@@ -47,7 +48,7 @@ def run(cfg: QuantConfig) -> dict[str, Any]:
         elif cfg.scheme == "int8-engine":
             _int8_engine(src, tmp, hf_cfg)
         else:
-            settings["group_size"] = _llm_compressor(src, tmp, cfg, hf_cfg)
+            settings["group_size"], settings["kept_bf16_modules"] = _llm_compressor(src, tmp, cfg, hf_cfg)
         artifact.copy_side_files(src, tmp)
         results = {"scheme": cfg.scheme, "seconds": round(time.perf_counter() - t0, 1), **size_facts(src, tmp)}
         report = artifact.write_report(tmp, "quantize", src, settings, results)
@@ -110,18 +111,37 @@ def nf4_round_trip(weight):
     return bnbf.dequantize_4bit(packed, state).to(weight.dtype)
 
 
-def sensitive_modules(weights: dict, fisher: dict, share: float) -> list[str]:
-    """Decoder linear modules holding at most ``share`` of the linear parameters whose NF4 rounding costs the
-    loss most per parameter: Σ F ⊙ (W − Ŵ)² / numel, F = the empirical Fisher diagonal, Ŵ = W's NF4 round trip
-    (the second-order estimate of the loss increase, as in SqueezeLLM). Picked greedily, best first."""
-    score = {n: float((fisher[n] * (w - nf4_round_trip(w)) ** 2).sum()) / w.numel() for n, w in weights.items()}
+def sensitive_modules(weights: dict, fisher: dict, share: float, round_trip: Callable = nf4_round_trip,
+                      groups: list[list[str]] | None = None) -> list[str]:
+    """Decoder linear modules holding at most ``share`` of the linear parameters whose rounding costs the loss
+    most per parameter: Σ F ⊙ (W − Ŵ)² / numel, F = the empirical Fisher diagonal, Ŵ = ``round_trip(W)`` (the
+    second-order estimate of the loss increase, as in SqueezeLLM). ``groups`` (default: one module each) are
+    kept or quantized together, as fused modules must be. Picked greedily, best first."""
+    groups = groups or [[n] for n in weights]
+    err = {n: float((fisher[n] * (w - round_trip(w)) ** 2).sum()) for n, w in weights.items()}
+    size = [sum(weights[n].numel() for n in g) for g in groups]
+    score = [sum(err[n] for n in g) / sz for g, sz in zip(groups, size)]
     budget = share * sum(w.numel() for w in weights.values())
     kept, used = [], 0
-    for n in sorted(score, key=score.get, reverse=True):
-        if used + weights[n].numel() <= budget:
-            kept.append(n)
-            used += weights[n].numel()
+    for i in sorted(range(len(groups)), key=score.__getitem__, reverse=True):
+        if used + size[i] <= budget:
+            kept += groups[i]
+            used += size[i]
     return sorted(kept)
+
+
+def _calibrate(src: Path, cfg: QuantConfig, hessians: bool) -> tuple[dict, dict, dict]:
+    """The fp32 linear weights of ``src``, and from one calibration pass their input Hessians (if asked) and,
+    with ``cfg.keep_bf16_share``, their Fisher diagonals."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lorafleet.loading import load_tokenizer
+
+    fp = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    weights = {n: m.weight.detach() for n, m in fp.named_modules() if quant_math.LINEAR_RE.match(n + ".")}
+    h, f = calibration_statistics(fp, load_tokenizer(src), cfg, list(weights), hessians, bool(cfg.keep_bf16_share))
+    return weights, h, f
 
 
 def _gptq_nf4(model, weights: dict, hessians: dict) -> None:
@@ -153,17 +173,12 @@ def _bitsandbytes(src: Path, dst: Path, cfg: QuantConfig) -> list[str]:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from transformers.utils import logging as hf_logging
 
-    from lorafleet.loading import load_tokenizer
-
     hf_logging.disable_progress_bar()
     gptq = cfg.scheme == "nf4" and cfg.nf4_rounding == "gptq"
     keep: list[str] = []
     hessians: dict = {}
     if gptq or cfg.keep_bf16_share:
-        fp = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-        names = [n for n, _ in fp.named_modules() if quant_math.LINEAR_RE.match(n + ".")]
-        weights = {n: m.weight.detach() for n, m in fp.named_modules() if n in names}
-        hessians, fisher = calibration_statistics(fp, load_tokenizer(src), cfg, names, gptq, bool(cfg.keep_bf16_share))
+        weights, hessians, fisher = _calibrate(src, cfg, gptq)
         if cfg.keep_bf16_share:
             keep = sensitive_modules(weights, fisher, cfg.keep_bf16_share)
             for n in keep:
@@ -207,8 +222,9 @@ def _int8_engine(src: Path, dst: Path, hf_cfg: dict[str, Any]) -> None:
     write_json(dst / "config.json", cfg)
 
 
-def _llm_compressor(src: Path, dst: Path, cfg: QuantConfig, hf_cfg: dict[str, Any]) -> int | None:
-    """Run ``optimize/llmc_quantize.py`` in the llm-compressor venv; returns the group size used (w4a16)."""
+def _llm_compressor(src: Path, dst: Path, cfg: QuantConfig, hf_cfg: dict[str, Any]) -> tuple[int | None, list[str]]:
+    """Run ``optimize/llmc_quantize.py`` in the llm-compressor venv; returns the group size used (w4a16) and the
+    modules kept in bf16."""
     from rich.progress import Progress
 
     python = Path(cfg.llmc_python) if Path(cfg.llmc_python).is_absolute() else ROOT / cfg.llmc_python
@@ -220,7 +236,16 @@ def _llm_compressor(src: Path, dst: Path, cfg: QuantConfig, hf_cfg: dict[str, An
         group = cfg.group_size or quant_math.pick_group_size(widths)
         if any(w % group for w in widths):
             raise ConfigError(f"group_size {group} does not divide the linear input widths {sorted(set(widths))}")
-    request = {"model": str(src), "out": str(dst), "scheme": cfg.scheme, "group_size": group or 128,
+    keep: list[str] = []
+    if cfg.keep_bf16_share:  # w4a16: whole fused groups, since vLLM runs q/k/v and gate/up as one matmul each
+        weights, _, fisher = _calibrate(src, cfg, hessians=False)
+        keep = sensitive_modules(weights, fisher, cfg.keep_bf16_share,
+                                 partial(quant_math.int4_group_round_trip, group=group), quant_math.fused_groups(list(weights)))
+        del weights, fisher
+    request = {"model": str(src), "out": str(dst), "scheme": cfg.scheme, "group_size": group or 128, "ignore": keep,
+               # w4a16: scales and unquantized tensors in bf16, the dtype vLLM computes in (fp32 scales cost
+               # another 0.25 bit per weight at group 64, fp32 kept modules twice their bf16 bytes)
+               "dtype": "bfloat16" if cfg.scheme == "w4a16" else "float32",
                "smoothing_strength": cfg.smoothing_strength, "max_seq_len": cfg.calib.max_seq_len,
                "texts": calibration_texts(cfg.calib.calib_data, cfg.calib.num_calib_samples)}
     req_path = dst.parent / f".{dst.name}.llmc.json"
@@ -243,4 +268,4 @@ def _llm_compressor(src: Path, dst: Path, cfg: QuantConfig, hf_cfg: dict[str, An
         raise BackendError(f"llm-compressor {cfg.scheme} failed (exit {proc.returncode}): {lines[-1] if lines else ''}")
     if not list(dst.glob("*.safetensors")):
         raise ArtifactError(f"llm-compressor wrote no weights into {dst}")
-    return group
+    return group, keep

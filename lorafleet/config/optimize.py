@@ -61,8 +61,9 @@ class QuantConfig:
         "help": "w4a16 group size; default: the largest of 128, 64, 32 dividing every linear input width."})
     smoothing_strength: float = field(default=0.8, metadata={"help": "w8a8 SmoothQuant migration strength alpha in [0, 1]."})
     keep_bf16_share: float = field(default=0.0, metadata={
-        "help": "int8 / nf4: share of the decoder linear parameters kept in bf16, the modules whose NF4 rounding "
-                "costs the calibration loss most per parameter first (Fisher-weighted; 0: quantize all)."})
+        "help": "int8 / nf4 / w4a16: share of the decoder linear parameters kept in bf16, the modules whose 4-bit "
+                "rounding costs the calibration loss most per parameter first (Fisher-weighted; w4a16: whole "
+                "fused q/k/v and gate/up groups; 0: quantize all)."})
     nf4_rounding: str = field(default="gptq", metadata={
         "help": "nf4: how weights are rounded onto the NF4 grid, bitsandbytes' block scales either way: gptq "
                 "(error compensation on the calibration set, the better quality) or nearest (bitsandbytes "
@@ -80,8 +81,8 @@ class QuantConfig:
             problems.append(f"group_size must be a positive power of two, got {self.group_size}")
         if not 0.0 <= self.keep_bf16_share < 0.5:
             problems.append(f"keep_bf16_share must be in [0, 0.5), got {self.keep_bf16_share}")
-        elif self.keep_bf16_share and self.scheme not in ("int8", "nf4"):
-            problems.append("keep_bf16_share applies to --scheme int8 / nf4 only")
+        elif self.keep_bf16_share and self.scheme not in ("int8", "nf4", "w4a16"):
+            problems.append("keep_bf16_share applies to --scheme int8 / nf4 / w4a16 only")
         if self.nf4_rounding not in NF4_ROUNDINGS:
             problems.append(f"nf4_rounding must be one of {', '.join(NF4_ROUNDINGS)}, got '{self.nf4_rounding}'")
         if not 0.0 <= self.smoothing_strength <= 1.0:

@@ -36,8 +36,8 @@ def test_prune_and_eval_configs() -> None:
     with pytest.raises(ConfigError, match="margin"):
         KVQuantConfig(model="m", out=Path("o"), margin=10)
     assert PruneConfig(model="m", out=Path("o"), kind="width", ratio=0.2).head_ratio == 0.0
-    with pytest.raises(ConfigError, match="keep_bf16_share applies to --scheme int8 / nf4 only"):
-        QuantConfig(model="m", out=Path("o"), scheme="w4a16", keep_bf16_share=0.1)
+    with pytest.raises(ConfigError, match="keep_bf16_share applies to --scheme int8 / nf4 / w4a16 only"):
+        QuantConfig(model="m", out=Path("o"), scheme="w8a8", keep_bf16_share=0.1)
     with pytest.raises(ConfigError, match=r"keep_bf16_share must be in \[0, 0.5\)"):
         QuantConfig(model="m", out=Path("o"), scheme="nf4", keep_bf16_share=0.7)
     with pytest.raises(ConfigError, match="nf4_rounding must be one of gptq, nearest, got 'awq'"):

@@ -81,7 +81,7 @@ def test_sensitive_modules_rank_by_fisher_weighted_error_within_the_budget() -> 
 
     torch.manual_seed(2)
     weights = {"a": torch.randn(64, 64), "b": torch.randn(64, 64), "c": torch.randn(128, 64), "d": torch.randn(64, 64)}
-    fisher = {"a": torch.full((64, 64), 1.0), "b": torch.full((64, 64), 100.0), "c": torch.full((128, 64), 50.0),
+    fisher = {"a": torch.full((64, 64), 1.0), "b": torch.full((64, 64), 100.0), "c": torch.full((128, 64), 30.0),
               "d": torch.zeros(64, 64)}
     # a, b, d: 4,096 parameters each, c: 8,192 (of 20,480); order by score per parameter: b, c, a, d (zero Fisher:
     # its rounding does not move the loss); greedy, a module that does not fit is skipped, smaller ones go on
@@ -90,3 +90,8 @@ def test_sensitive_modules_rank_by_fisher_weighted_error_within_the_budget() -> 
     assert sensitive_modules(weights, fisher, 0.41) == ["a", "b"]  # c does not fit beside b
     assert sensitive_modules(weights, fisher, 0.61) == ["b", "c"]
     assert sensitive_modules(weights, fisher, 0.81) == ["a", "b", "c"]
+    # fused groups are kept or quantized together, ranked by their summed score per parameter: {b, d} scores
+    # half of b's, still above c, so a 41% budget takes b with d, and c does not fit beside them
+    groups = [["a"], ["b", "d"], ["c"]]
+    assert sensitive_modules(weights, fisher, 0.41, groups=groups) == ["b", "d"]
+    assert sensitive_modules(weights, fisher, 0.81, groups=groups) == ["b", "c", "d"]

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from optimize.prune_math import head_rows, kept_width, layers_to_drop, protected_layers, top_indices
-from optimize.quant_math import (dequantize_int8_per_channel, linear_bytes, linear_input_widths, linear_params,
-                                 pick_group_size, quantize_int8_per_channel, share_of_bf16, tensor_bytes)
+from optimize.quant_math import (dequantize_int8_per_channel, fused_groups, int4_group_round_trip, linear_bytes,
+                                 linear_input_widths, linear_params, pick_group_size, quantize_int8_per_channel,
+                                 share_of_bf16, tensor_bytes)
 
 SMOLLM2 = {"hidden_size": 576, "num_attention_heads": 9, "intermediate_size": 1536, "num_key_value_heads": 3}
 
@@ -29,6 +30,26 @@ def test_int8_error_bound_is_half_a_step_per_row() -> None:
     err = (dequantize_int8_per_channel(q, scale) - w).abs()
     assert (err <= scale[:, None] / 2 + 1e-7).all()
     assert q.abs().amax(dim=1).tolist() == [127] * 64  # every row uses its full range
+
+
+def test_int4_group_round_trip_closed_form() -> None:
+    # group [7, -3.5, 1, 0]: scale 1, codes 7, -4 (round half to even), 1, 0; group [0.7, 0.35, 0.1, -0.05]:
+    # scale 0.1, codes 7, 4 (3.5 -> 4), 1, -0 ; an all-zero group stays zero
+    w = torch.tensor([[7.0, -3.5, 1.0, 0.0, 0.7, 0.35, 0.1, -0.05], [0.0] * 8])
+    out = int4_group_round_trip(w, 4)
+    assert out[0].tolist() == pytest.approx([7.0, -4.0, 1.0, 0.0, 0.7, 0.4, 0.1, 0.0], abs=1e-6)
+    assert out[1].tolist() == [0.0] * 8
+    with pytest.raises(ValueError, match="group size 3 does not divide 8 columns"):
+        int4_group_round_trip(w, 3)
+
+
+def test_fused_groups_follow_vllms_fused_layers() -> None:
+    names = [f"model.layers.{i}.{m}" for i in (0, 1) for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                               "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    groups = fused_groups(names)
+    assert len(groups) == 8 and sorted(len(g) for g in groups) == [1, 1, 1, 1, 2, 2, 3, 3]
+    assert ["model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.k_proj", "model.layers.1.self_attn.v_proj"] in groups
+    assert ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"] in groups and ["model.layers.0.mlp.down_proj"] in groups
 
 
 def test_group_size_divides_every_width() -> None:
