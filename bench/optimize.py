@@ -129,7 +129,13 @@ def delta_pct(ppl: float | None, base: float) -> float | None:
 
 
 def answered_paris(r: dict[str, Any]) -> bool:
-    return "paris" in (r.get("vllm_answer") or "").lower()
+    """vLLM's reply to the capital-of-France question, or its continuation of a reply started for it, names Paris
+    (the second probe because the model's first reply token is a near tie, see ``optimize.vllm_server``)."""
+    return any("paris" in (r.get(k) or "").lower() for k in ("vllm_answer", "vllm_completion"))
+
+
+def vllm_answers(r: dict[str, Any]) -> dict[str, Any]:
+    return {"vllm_answer": r["vllm_answer"], "vllm_completion": r["vllm_completion"]}
 
 
 def _report(path: Path) -> dict[str, Any]:
@@ -147,7 +153,7 @@ def quantize_one(run: Runner, base: Path, base_ppl: float, cfg: OptimizeBenchCon
         r = run.ppl(dst, backend, VLLM_DTYPE if backend == "vllm" else "float32")
         entry.update(ppl=r["ppl"], ppl_delta_pct=delta_pct(r["ppl"], base_ppl))
         if backend == "vllm":
-            entry.update(load_vllm=answered_paris(r), vllm_answer=r["vllm_answer"])
+            entry.update(load_vllm=answered_paris(r), **vllm_answers(r))
     return entry
 
 
@@ -172,7 +178,7 @@ def kv_all(run: Runner, base: Path, vllm_base: dict[str, Any] | None) -> dict[st
     if vllm_base is not None:  # the base served with its bf16 cache is the reference of vLLM's fp8 cache
         fp8 = run.ppl(dst, "vllm", VLLM_DTYPE, "fp8")
         out["fp8"].update(vllm_ppl_delta_pct=delta_pct(fp8["ppl"], vllm_base["ppl"]), load_vllm=answered_paris(fp8),
-                          vllm_answer=fp8["vllm_answer"],
+                          **vllm_answers(fp8),
                           vllm_kv_tokens={"bfloat16": vllm_base["vllm_kv_cache_tokens"], "fp8": fp8["vllm_kv_cache_tokens"]},
                           vllm_capacity_ratio=(fp8["vllm_kv_cache_tokens"] or 0) / (vllm_base["vllm_kv_cache_tokens"] or 1))
     return out
@@ -197,7 +203,7 @@ def prune_one(run: Runner, base: Path, base_ppl: float, cfg: OptimizeBenchConfig
     entry.update({k: rep[k] for k in ("dropped_layers", "intermediate_size", "ffn_removed_share") if k in rep})
     if not cfg.skip_vllm:
         r = run.ppl(dst, "vllm", VLLM_DTYPE)
-        entry.update(load_vllm=answered_paris(r) or bool(r["vllm_answer"].strip()), vllm_answer=r["vllm_answer"],
+        entry.update(load_vllm=answered_paris(r) or bool(r["vllm_answer"].strip()), **vllm_answers(r),
                      vllm_ppl_bf16=r["ppl"])
     return entry
 
@@ -259,7 +265,7 @@ def run(cfg: OptimizeBenchConfig) -> dict[str, Any]:
                                         "num_tokens": base_r["num_tokens"], "backend": "hf", "dtype": "float32"}}
     vllm_base = None if cfg.skip_vllm else runner.ppl(base, "vllm", VLLM_DTYPE)
     if vllm_base is not None:
-        results["base"].update(vllm_ppl_bf16=vllm_base["ppl"], vllm_answer=vllm_base["vllm_answer"],
+        results["base"].update(vllm_ppl_bf16=vllm_base["ppl"], **vllm_answers(vllm_base),
                                vllm_kv_cache_tokens=vllm_base["vllm_kv_cache_tokens"])
     details: dict[str, Any] = {"quantize": {}, "kv": {}, "prune": {}}
 

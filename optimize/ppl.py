@@ -148,6 +148,7 @@ def _score_vllm(path: Path, windows: list[list[int]], cfg: EvalConfig):
                 scores.append(server.score(w))
                 bar.advance(task)
     return scores, {"dtype": cfg.dtype, "kv_cache_dtype": cfg.kv_cache_dtype, "vllm_answer": facts.answer,
+                    "vllm_completion": facts.completion,
                     "vllm_kv_cache_tokens": facts.kv_cache_tokens, "vllm_log": facts.log_path}
 
 

@@ -18,6 +18,9 @@ from lorafleet.processes import ManagedServer, ServerSpec
 START_TIMEOUT_S = 900.0
 KV_TOKENS_RE = re.compile(r"KV cache size: ([\d,]+) tokens")
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+#: the start of the reply, for the second probe: SmolLM2-135M's first reply token is a near tie ("The" -1.88
+#: against "L" -1.97 nats in fp32), which bf16 in vLLM can tip into a French phrase for the base model too
+REPLY_START = "The capital of France is"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +28,7 @@ class VllmFacts:
     """What one vLLM start showed."""
 
     answer: str  #: greedy reply to "What is the capital of France?"
+    completion: str  #: greedy continuation of that question's reply started with REPLY_START
     kv_cache_tokens: int | None  #: "KV cache size: N tokens" from vLLM's log
     log_path: str
 
@@ -54,7 +58,8 @@ class VllmServer:
         self._server.__exit__(*exc)
 
     def facts(self) -> VllmFacts:
-        """Ask the capital of France (greedy, 24 tokens) and read the KV capacity vLLM logged.
+        """Ask the capital of France (greedy, 24 tokens), then again with the reply started for it (8 tokens), and
+        read the KV capacity vLLM logged.
 
         The prompt is rendered with the checkpoint's own chat template by lorafleet (the code our server uses)
         and sent as token ids, so the check is about the weights vLLM loaded, not about its template handling.
@@ -62,13 +67,18 @@ class VllmServer:
         from lorafleet.chat import chat_token_ids
         from lorafleet.loading import load_tokenizer
 
-        ids = chat_token_ids(load_tokenizer(self.model), QUESTION)
-        r = httpx.post(f"{self.url}/v1/completions", timeout=300, json={
-            "model": str(self.model), "prompt": ids, "max_tokens": 24, "temperature": 0})
-        r.raise_for_status()
+        tok = load_tokenizer(self.model)
+        ids = chat_token_ids(tok, QUESTION)
+        answer = self._greedy(ids, 24)
+        completion = self._greedy(ids + tok.encode(REPLY_START, add_special_tokens=False), 8)
         m = KV_TOKENS_RE.search(self.log_path.read_text(errors="replace"))
-        return VllmFacts(r.json()["choices"][0]["text"], int(m.group(1).replace(",", "")) if m else None,
-                         str(self.log_path))
+        return VllmFacts(answer, completion, int(m.group(1).replace(",", "")) if m else None, str(self.log_path))
+
+    def _greedy(self, token_ids: list[int], max_tokens: int) -> str:
+        r = httpx.post(f"{self.url}/v1/completions", timeout=300, json={
+            "model": str(self.model), "prompt": token_ids, "max_tokens": max_tokens, "temperature": 0})
+        r.raise_for_status()
+        return r.json()["choices"][0]["text"]
 
     def score(self, token_ids: list[int]) -> tuple[float, int, list[int]]:
         """(-Σ log p, tokens predicted, argmax ids) of a window through ``prompt_logprobs``."""

@@ -64,7 +64,9 @@ def test_llm_compressor_checkpoint_is_served_by_vllm(scheme, base_model_path, wo
                 part = [f"{layer}.{'self_attn' if 'q_proj' in fused else 'mlp'}.{m}" in kept for m in fused]
                 assert all(part) or not any(part), (layer, fused)
     facts = serve_and_ask(work / scheme, work / f"{scheme}.log")
-    assert "paris" in facts.answer.lower(), facts.answer
+    # the free reply's first token is a near tie for this model and can tip into French in bf16, for the base
+    # too (see optimize.vllm_server), so the check is the reply started for it: it must go on with Paris
+    assert "paris" in facts.completion.lower(), facts
 
 
 def test_kv_scales_load_with_fp8_and_double_the_tokens(base_model_path, hf_model, tokenizer, work) -> None:
@@ -81,7 +83,7 @@ def test_kv_scales_load_with_fp8_and_double_the_tokens(base_model_path, hf_model
         hf_nll = float(hf_model(torch.tensor([window]), labels=torch.tensor([window])).loss)
     assert auto_nll == pytest.approx(hf_nll, rel=0.02)  # prompt_logprobs read right (bf16 vs fp32)
     assert fp8_nll == pytest.approx(auto_nll, rel=0.03)
-    assert "paris" in fp8.answer.lower(), fp8.answer
+    assert "paris" in fp8.completion.lower() and "paris" in auto.completion.lower(), (fp8, auto)
     assert auto.kv_cache_tokens and fp8.kv_cache_tokens
     assert fp8.kv_cache_tokens / auto.kv_cache_tokens == pytest.approx(2.0, rel=0.05)
     assert "is not loaded" not in Path(fp8.log_path).read_text(errors="replace")  # vLLM found every k/v_scale
