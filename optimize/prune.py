@@ -21,15 +21,7 @@ from lorafleet.atomic import atomic_dir, write_json
 from lorafleet.config.optimize import PruneConfig
 from lorafleet.errors import ArtifactError
 from optimize import artifact, prune_math
-from optimize.textdata import calibration_texts
-
-
-def _calibration_batches(path: Path, cfg: PruneConfig):
-    from lorafleet.loading import load_tokenizer
-
-    tok = load_tokenizer(path)
-    for text in calibration_texts(cfg.calib.calib_data, cfg.calib.num_calib_samples):
-        yield tok(text, return_tensors="pt", truncation=True, max_length=cfg.calib.max_seq_len).input_ids
+from optimize.textdata import calibration_ids
 
 
 def collect_stats(path: Path, cfg: PruneConfig) -> dict[str, list]:
@@ -39,6 +31,8 @@ def collect_stats(path: Path, cfg: PruneConfig) -> dict[str, list]:
     from rich.progress import track
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
+
+    from lorafleet.loading import load_tokenizer
 
     hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -66,7 +60,7 @@ def collect_stats(path: Path, cfg: PruneConfig) -> dict[str, list]:
                   layer.mlp.down_proj.register_forward_pre_hook(on_down),
                   layer.self_attn.o_proj.register_forward_pre_hook(on_o)]
     with torch.inference_mode():
-        batches = list(_calibration_batches(path, cfg))
+        batches = calibration_ids(load_tokenizer(path), cfg.calib)
         for ids in track(batches, description=f"{cfg.kind} importance", transient=True):
             model(ids, use_cache=False)
             tokens[0] += ids.shape[1]

@@ -27,7 +27,7 @@ from lorafleet.config.optimize import QuantConfig
 from lorafleet.errors import ArtifactError, BackendError, ConfigError
 from optimize import artifact, quant_math
 from optimize.ppl import ENGINE_QUANT_METHOD
-from optimize.textdata import calibration_texts
+from optimize.textdata import calibration_ids, calibration_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 #: bitsandbytes NF4 block size (its default) and the GPTQ dampening used for NF4 rounding (10% of the mean
@@ -82,11 +82,9 @@ def calibration_statistics(model, tok, cfg: QuantConfig, names: list[str], hessi
         h[n] = h[n] + x.T @ x
 
     hooks = [mods[n].register_forward_pre_hook(lambda mod, a, n=n: add_hessian(mod, a, n)) for n in h]
-    texts = calibration_texts(cfg.calib.calib_data, cfg.calib.num_calib_samples)
     model.requires_grad_(fisher)
     try:
-        for text in track(texts, description="calibration statistics", transient=True):
-            ids = tok(text, return_tensors="pt", truncation=True, max_length=cfg.calib.max_seq_len).input_ids
+        for ids in track(calibration_ids(tok, cfg.calib), description="calibration statistics", transient=True):
             if not fisher:
                 with torch.inference_mode():
                     model(ids)

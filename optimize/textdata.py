@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lorafleet.config.optimize import CalibConfig
 from lorafleet.errors import ArtifactError
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -33,6 +34,12 @@ def read_passages(path: Path | None, default: Path) -> list[str]:
 def calibration_texts(path: Path | None, num_samples: int) -> list[str]:
     """The first ``num_samples`` calibration passages (all of them if there are fewer)."""
     return read_passages(path, CALIBRATION)[:num_samples]
+
+
+def calibration_ids(tokenizer, calib: CalibConfig) -> list:
+    """The calibration passages of ``calib`` as ``[1, T]`` token-id tensors, each cut at ``calib.max_seq_len``."""
+    return [tokenizer(text, return_tensors="pt", truncation=True, max_length=calib.max_seq_len).input_ids
+            for text in calibration_texts(calib.calib_data, calib.num_calib_samples)]
 
 
 def token_windows(token_ids: list[int], window_tokens: int, bos_id: int | None) -> list[list[int]]:
