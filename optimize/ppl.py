@@ -104,14 +104,16 @@ def _score_hf(path: Path, windows: list[list[int]], cfg: EvalConfig):
     return scores, {}
 
 
-def run_engine_scoring(path: Path, cfg: EvalConfig, windows: list[list[int]], decode: dict | None = None) -> dict:
-    """Run ``serve.engine.scoring`` in a subprocess of this Python; its JSON result."""
+def run_engine_scoring(path: Path, cfg: EvalConfig, windows: list[list[int]], decode: dict | None = None,
+                       sample: dict | None = None) -> dict:
+    """Run ``serve.engine.scoring`` in a subprocess of this Python (``sample``: continuations to sample, see
+    that module); its JSON result."""
     engine = {"model": str(path), "dtype": cfg.dtype, "device": "cpu", "kv_cache_dtype": cfg.kv_cache_dtype}
     if cfg.num_threads:
         engine["num_threads"] = cfg.num_threads
     with tempfile.TemporaryDirectory(prefix="lorafleet-score-") as tmp:
         req, out = Path(tmp) / "request.json", Path(tmp) / "result.json"
-        req.write_text(json.dumps({"engine": engine, "windows": windows, "decode": decode}))
+        req.write_text(json.dumps({"engine": engine, "windows": windows, "decode": decode, "sample": sample}))
         proc = subprocess.run([sys.executable, "-m", "serve.engine.scoring", str(req), str(out)], cwd=ROOT,
                               capture_output=True, text=True)
         if proc.returncode != 0:

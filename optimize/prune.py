@@ -152,7 +152,7 @@ def run(cfg: PruneConfig) -> dict[str, Any]:
         if cfg.heal_steps:
             from optimize.heal import heal
 
-            results["healing"] = heal(pruned, tmp, cfg)
+            results["healing"] = heal(pruned, tmp, cfg, src)
         results["seconds"] = round(time.perf_counter() - t0, 1)
         report = artifact.write_report(tmp, "prune", src, artifact.jsonable(cfg), results)
     return {**report, "path": str(out)}

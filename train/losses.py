@@ -54,6 +54,49 @@ def head_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Te
     return _FrozenHeadLogProbs.apply(hidden, head.weight, head.bias, targets)
 
 
+class _FrozenHeadDistillKL(torch.autograd.Function):
+    """KL(teacher ‖ student) per position over the whole vocabulary, for a student head that is not trained, in
+    chunks of positions (same memory bound as :class:`_FrozenHeadLogProbs`).
+
+    With ``p = softmax(teacher logits)`` and ``q = softmax(h W^T + b)``, KL = Σ p (log p − log q) and its gradient
+    with respect to the student logits is ``q − p``, so the gradient with respect to ``h`` is ``(q − p) W``.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, teacher_logits_fn):  # type: ignore[override]
+        need_grad = ctx.needs_input_grad[0]
+        kl = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if need_grad else None
+        for s in range(0, hidden.shape[0], HEAD_CHUNK):
+            log_q = torch.log_softmax(F.linear(hidden[s:s + HEAD_CHUNK].to(weight.dtype), weight, bias).float(), dim=-1)
+            log_p = torch.log_softmax(teacher_logits_fn(s, s + HEAD_CHUNK).float(), dim=-1)
+            p = log_p.exp()
+            kl[s:s + HEAD_CHUNK] = (p * (log_p - log_q)).sum(-1)
+            if need_grad:
+                grad_hidden[s:s + HEAD_CHUNK] = ((log_q.exp_() - p).to(weight.dtype) @ weight).to(hidden.dtype)
+        ctx.save_for_backward(grad_hidden)
+        return kl
+
+    @staticmethod
+    def backward(ctx, grad_kl):  # type: ignore[override]
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad_kl[:, None].to(grad_hidden.dtype), None, None, None
+
+
+def head_distill_kl(hidden: torch.Tensor, head: torch.nn.Linear, teacher_hidden: torch.Tensor,
+                    teacher_head: torch.nn.Linear) -> torch.Tensor:
+    """Per-position KL(teacher ‖ student) in nats, [N] float32: ``hidden`` [N, H] through the (frozen) student
+    ``head`` against ``teacher_hidden`` [N, H'] through ``teacher_head``; gradients reach ``hidden`` only."""
+    if head.weight.requires_grad or (head.bias is not None and head.bias.requires_grad):
+        raise ValueError("distillation needs a frozen student LM head")
+
+    def teacher_logits(start: int, stop: int) -> torch.Tensor:
+        with torch.no_grad():
+            return teacher_head(teacher_hidden[start:stop].to(teacher_head.weight.dtype))
+
+    return _FrozenHeadDistillKL.apply(hidden, head.weight, head.bias, teacher_logits)
+
+
 def head_kl(h_policy: torch.Tensor, h_ref: torch.Tensor, head: torch.nn.Linear) -> torch.Tensor:
     """Per-position KL(policy || reference) over the whole vocabulary, in nats: [N, H] x2 -> [N] (no grad)."""
     out = []

@@ -96,13 +96,15 @@ def prune(
     max_seq_len: int = opt(CalibConfig, "max_seq_len"),
     heal_steps: int = opt(PruneConfig, "heal_steps"),
     heal_data: Optional[Path] = opt(PruneConfig, "heal_data"),
+    heal_loss: str = opt(PruneConfig, "heal_loss"),
+    heal_samples: int = opt(PruneConfig, "heal_samples"),
     force: bool = opt(PruneConfig, "force"),
 ) -> None:
     """Structured pruning (depth: whole layers; width: FFN channels and KV groups) into a smaller dense
     checkpoint, optionally healed by a short LoRA fine-tune (lorafleet train sft + merge)."""
     cfg = build(PruneConfig, model=model, out=out, kind=kind, ratio=ratio, head_ratio=head_ratio, protect=tuple(protect),
                 calib=_calib(calib_data, num_calib_samples, max_seq_len), heal_steps=heal_steps, heal_data=heal_data,
-                force=force)
+                heal_loss=heal_loss, heal_samples=heal_samples, force=force)
     r = call("optimize.prune:run", cfg)
     rows = {"params before": r["params"]["before"], "params after": r["params"]["after"],
             "layers": " → ".join(map(str, r["num_layers"])), "seconds": r["seconds"]}

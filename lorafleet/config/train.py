@@ -82,6 +82,9 @@ class SftConfig(TrainConfig):
 
     packing: bool = field(
         default=False, metadata={"help": "Pack samples into rows of --max-seq-len tokens (no attention across samples)."})
+    teacher: str | None = field(default=None, metadata={
+        "help": "Distil from this model (provisioned name or HF checkpoint dir, same vocabulary): the loss is "
+                "KL(teacher || student) over the whole vocabulary at every reply token instead of cross-entropy."})
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,11 @@
 """Score text on the engine's own forward pass: per-token log-likelihood (perplexity), next-token argmax
-(greedy agreement) and single-stream decode speed, with any ``EngineConfig`` (dtype, ``kv_cache_dtype``).
+(greedy agreement) and single-stream decode speed, with any ``EngineConfig`` (dtype, ``kv_cache_dtype``); and
+sample continuations in batches (the text ``optimize prune`` heals on).
 
 Other stages use it as a process, ``python -m serve.engine.scoring REQUEST.json RESULT.json``, and exchange
 only JSON: the request holds ``engine`` (``EngineConfig`` fields), ``windows`` (token-id lists to score) and
-optionally ``decode`` (``{"prompt_ids": [...], "num_tokens": N, "repeats": R}``).
+optionally ``decode`` (``{"prompt_ids": [...], "num_tokens": N, "repeats": R}``) and ``sample``
+(``{"prompts": [[...], ...], "max_tokens": N, "temperature": T, "seed": S}``).
 """
 
 from __future__ import annotations
@@ -68,18 +70,45 @@ def decode_tpot_ms(engine: LLMEngine, prompt_ids: list[int], num_tokens: int, re
     return samples[len(samples) // 2]
 
 
+def sample_continuations(engine: LLMEngine, prompts: list[list[int]], max_tokens: int, temperature: float,
+                         seed: int) -> list[list[int]]:
+    """One sampled continuation of each prompt (all in flight together); prompt ``i`` samples with seed
+    ``seed + i``, so equal prompts still give different text and a rerun gives the same text."""
+    ids = [f"sample-{i}" for i in range(len(prompts))]
+    for i, (rid, prompt) in enumerate(zip(ids, prompts)):
+        engine.add_request(rid, list(prompt), SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed + i))
+    out: dict[str, list[int]] = {rid: [] for rid in ids}
+    while engine.has_unfinished:
+        for o in engine.step():
+            out[o.request_id].extend(o.token_ids)
+    return [out[rid] for rid in ids]
+
+
+def _blocks_needed(windows: list[list[int]], decode: dict | None, sample: dict | None, cfg: EngineConfig) -> int:
+    """KV blocks for the longest window or decode stream (they run one at a time), or for a full batch of the
+    longest samples (they run ``max_num_seqs`` at a time), whichever is more."""
+    one = [len(w) for w in windows] + ([len(decode["prompt_ids"]) + decode["num_tokens"] + 1] if decode else [])
+    blocks = cdiv(max(one), cfg.block_size) if one else 0
+    if sample and sample["prompts"]:
+        longest = max(len(p) for p in sample["prompts"]) + sample["max_tokens"]
+        blocks = max(blocks, min(len(sample["prompts"]), cfg.max_num_seqs) * cdiv(longest, cfg.block_size))
+    return blocks + 1
+
+
 def main(argv: list[str]) -> int:
     request_path, result_path = Path(argv[0]), Path(argv[1])
     request = json.loads(request_path.read_text())
     engine_fields = {"max_loras": 0, "enable_prefix_caching": False, **request["engine"]}
-    windows, decode = request.get("windows", []), request.get("decode")
-    longest = max([len(w) for w in windows] + ([len(decode["prompt_ids"]) + decode["num_tokens"] + 1] if decode else []))
-    if engine_fields.get("num_kv_blocks") is None:  # just enough for the longest window or stream
-        engine_fields["num_kv_blocks"] = cdiv(longest, engine_fields.get("block_size", 16)) + 1
+    windows, decode, sample = request.get("windows", []), request.get("decode"), request.get("sample")
+    if engine_fields.get("num_kv_blocks") is None:  # just enough for what runs at once
+        engine_fields["num_kv_blocks"] = _blocks_needed(windows, decode, sample, EngineConfig(**engine_fields))
     engine = LLMEngine(EngineConfig(**engine_fields))
     result: dict = {"windows": [asdict(score_window(engine, w)) for w in windows],
                     "kv_bytes_per_token": engine.layout.kv_bytes_per_token,
                     "kv_cache_dtype": engine.layout.kv_cache_dtype}
+    if sample:
+        result["samples"] = sample_continuations(engine, sample["prompts"], sample["max_tokens"], sample["temperature"],
+                                                 sample.get("seed", 0))
     if decode:
         result["decode_tpot_ms"] = decode_tpot_ms(engine, decode["prompt_ids"], decode["num_tokens"], decode.get("repeats", 3))
     write_json(result_path, result)

@@ -189,3 +189,22 @@ def test_healing_runs_train_and_merge(base_model_path, work, window) -> None:
     assert r["healing"]["steps"] == 3 and (out / "heal" / "run" / "adapter").is_dir()
     before, after = hf_nll(out / "pruned", window), hf_nll(out, window)
     assert before != after  # the merged adapter changed the weights
+
+
+def test_healing_by_distillation_on_self_written_text(base_model_path, work, window) -> None:
+    from optimize.heal import OPENING_WORDS
+    from optimize.prune import run
+    from optimize.textdata import CALIBRATION, read_passages
+
+    out = work / "distilled"
+    r = run(PruneConfig(model=str(base_model_path), out=out, kind="depth", ratio=0.1, calib=CALIB, heal_steps=2,
+                        heal_loss="distill", heal_samples=4))
+    assert r["healing"]["loss"] == "distill" and r["healing"]["text"] == "self-written"
+    texts = [json.loads(line)["text"] for line in (out / "heal" / "heal.jsonl").read_text().splitlines()]
+    openings = [" ".join(p.split()[:OPENING_WORDS]) for p in read_passages(None, CALIBRATION)[:4]]
+    assert len(texts) == 4 and all(t.startswith(o) and len(t) > len(o) + 40 for t, o in zip(texts, openings))
+    train = json.loads((out / "heal" / "run" / "report.json").read_text())
+    assert train["loss"] == "distill" and train["teacher"] == str(base_model_path)
+    # KL to the unpruned model is small where the model's own text has a cross-entropy of several nats
+    assert train["train_loss"] < 1.5 < train["val_loss"], train
+    assert hf_nll(out / "pruned", window) != hf_nll(out, window)

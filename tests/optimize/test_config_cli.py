@@ -29,6 +29,12 @@ def test_prune_and_eval_configs() -> None:
         PruneConfig(model="m", out=Path("o"), kind="width", ratio=0.0)
     with pytest.raises(ConfigError, match="kind must be one of depth, width"):
         PruneConfig(model="m", out=Path("o"), kind="sideways")
+    with pytest.raises(ConfigError, match="heal_loss must be one of ce, distill, got 'mse'"):
+        PruneConfig(model="m", out=Path("o"), heal_loss="mse")
+    with pytest.raises(ConfigError, match="heal_samples must be non-negative"):
+        PruneConfig(model="m", out=Path("o"), heal_samples=-1)
+    with pytest.raises(ConfigError, match="heal_samples and heal_data are two sources"):
+        PruneConfig(model="m", out=Path("o"), heal_samples=8, heal_data=Path(__file__))
     with pytest.raises(ConfigError, match="kv_cache_dtype needs --backend engine or vllm"):
         EvalConfig(kv_cache_dtype="int8")
     with pytest.raises(ConfigError, match="vLLM-CPU stores KV as fp8"):

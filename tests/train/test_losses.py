@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from train import losses
-from train.losses import dpo_sigmoid_loss, head_logprobs, per_row_sum, reward_accuracy
+from train.losses import dpo_sigmoid_loss, head_distill_kl, head_logprobs, per_row_sum, reward_accuracy
 from train.schedule import lr_factor, warmup_steps
 
 
@@ -38,6 +38,30 @@ def test_trainable_head_falls_back_to_autograd() -> None:
     logps = head_logprobs(hidden, head, torch.arange(5))
     logps.sum().backward()
     assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+
+
+def test_distill_kl_and_gradient_match_autograd(monkeypatch) -> None:
+    monkeypatch.setattr(losses, "HEAD_CHUNK", 7)  # several chunks, the last one partial
+    gen = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=True).requires_grad_(False)
+    teacher_head = torch.nn.Linear(12, 50, bias=False).requires_grad_(False)  # another width, same vocabulary
+    hidden = torch.randn(23, 16, generator=gen).requires_grad_(True)
+    teacher_hidden = torch.randn(23, 12, generator=gen)
+    upstream = torch.randn(23, generator=gen)
+    ours = head_distill_kl(hidden, head, teacher_hidden, teacher_head)
+    (ours * upstream).sum().backward()
+    ours_grad, hidden.grad = hidden.grad.clone(), None
+    log_p = torch.log_softmax(teacher_head(teacher_hidden), -1)
+    ref = torch.nn.functional.kl_div(torch.log_softmax(head(hidden), -1), log_p, log_target=True,
+                                     reduction="none").sum(-1)
+    (ref * upstream).sum().backward()
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours_grad, hidden.grad, atol=1e-5, rtol=1e-5)
+    assert (ours > 0).all()
+    same = head_distill_kl(teacher_hidden, teacher_head, teacher_hidden, teacher_head)  # a model against itself
+    torch.testing.assert_close(same, torch.zeros(23), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="frozen"):
+        head_distill_kl(hidden, torch.nn.Linear(16, 50), teacher_hidden, teacher_head)
 
 
 def test_per_row_sum() -> None:

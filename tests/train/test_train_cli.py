@@ -82,3 +82,20 @@ def test_a_finished_run_is_never_overwritten(tmp_path: Path) -> None:
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     assert "exists and is not empty" in _error("train", "sft", "--data", "d.jsonl", "--output", str(tmp_path / "other"))
+
+
+def test_a_teacher_with_another_vocabulary_is_refused_before_anything_is_written(tmp_path: Path, base_model_path) -> None:
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    for f in base_model_path.iterdir():
+        (teacher / f.name).symlink_to(f)
+    (teacher / "tokenizer.json").unlink()
+    tok = json.loads((base_model_path / "tokenizer.json").read_text())
+    tok["added_tokens"].append({**tok["added_tokens"][-1], "id": max(tok["model"]["vocab"].values()) + 1,
+                                "content": "<|lorafleet_extra|>"})
+    (teacher / "tokenizer.json").write_text(json.dumps(tok))
+    data = write_jsonl(tmp_path / "d.jsonl", style_records(4))
+    out_dir = tmp_path / "run"
+    line = _error("train", "sft", "--data", str(data), "--output", str(out_dir), "--teacher", str(teacher))
+    assert line.startswith(f"error: teacher {teacher} has another vocabulary than the model"), line
+    assert not out_dir.exists()
