@@ -1,4 +1,4 @@
-"""Loss math: log-probabilities through a frozen LM head, the DPO sigmoid loss and its reward metrics.
+"""Loss math: log-probabilities and distillation KL through a frozen LM head, the DPO sigmoid loss and its reward metrics.
 
 Pure tensor functions: no model, no I/O. Shapes: N = labelled positions of a batch, H = hidden size,
 V = vocabulary, P = preference pairs.
@@ -13,35 +13,36 @@ import torch.nn.functional as F
 HEAD_CHUNK = 1024
 
 
-class _FrozenHeadLogProbs(torch.autograd.Function):
-    """log softmax(h W^T + b)[target] for a head that is not trained, in chunks of positions.
+class _FrozenHead(torch.autograd.Function):
+    """A per-position value of the logits ``h W^T + b`` of a head that is not trained, in chunks of positions.
 
-    The gradient with respect to ``h`` is computed in the forward pass, chunk by chunk, as
-    ``(onehot - softmax) W``; only that [N, H] tensor is kept for backward instead of the [N, V] logits
-    and their softmax. Same arithmetic as autograd through ``F.linear`` + ``log_softmax`` + ``gather``.
+    ``chunk_fn(start, logits, need_grad)`` turns one chunk's fp32 logits [c, V] into its values [c] and, when
+    asked, their gradient with respect to those logits [c, V] (else ``None``). The gradient with respect to
+    ``h`` is that times ``W``, computed in the forward pass chunk by chunk: only that [N, H] tensor is kept for
+    backward instead of the [N, V] logits and their softmax.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets):  # type: ignore[override]
+    def forward(ctx, hidden, weight, bias, chunk_fn):  # type: ignore[override]
         need_grad = ctx.needs_input_grad[0]
-        logps = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        values = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if need_grad else None
         for s in range(0, hidden.shape[0], HEAD_CHUNK):
-            h, t = hidden[s:s + HEAD_CHUNK].to(weight.dtype), targets[s:s + HEAD_CHUNK]
-            logits = F.linear(h, weight, bias).float()  # [c, V]
-            lse = torch.logsumexp(logits, dim=-1)
-            logps[s:s + HEAD_CHUNK] = logits.gather(-1, t[:, None]).squeeze(-1) - lse
+            logits = F.linear(hidden[s:s + HEAD_CHUNK].to(weight.dtype), weight, bias).float()  # [c, V]
+            values[s:s + HEAD_CHUNK], d_logits = chunk_fn(s, logits, need_grad)
             if need_grad:
-                d_logits = torch.exp(logits - lse[:, None]).neg_()  # d logp / d logits = onehot - softmax
-                d_logits[torch.arange(len(t), device=t.device), t] += 1
                 grad_hidden[s:s + HEAD_CHUNK] = (d_logits.to(weight.dtype) @ weight).to(hidden.dtype)
         ctx.save_for_backward(grad_hidden)
-        return logps
+        return values
 
     @staticmethod
-    def backward(ctx, grad_logps):  # type: ignore[override]
+    def backward(ctx, grad_values):  # type: ignore[override]
         (grad_hidden,) = ctx.saved_tensors
-        return grad_hidden * grad_logps[:, None].to(grad_hidden.dtype), None, None, None
+        return grad_hidden * grad_values[:, None].to(grad_hidden.dtype), None, None, None
+
+
+def _is_trained(head: torch.nn.Linear) -> bool:
+    return head.weight.requires_grad or (head.bias is not None and head.bias.requires_grad)
 
 
 def head_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor) -> torch.Tensor:
@@ -49,52 +50,42 @@ def head_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Te
 
     Uses the chunked frozen-head path when the head has no trainable weights, plain autograd otherwise.
     """
-    if head.weight.requires_grad or (head.bias is not None and head.bias.requires_grad):
+    if _is_trained(head):
         return torch.log_softmax(head(hidden).float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
-    return _FrozenHeadLogProbs.apply(hidden, head.weight, head.bias, targets)
 
+    def chunk(start: int, logits: torch.Tensor, need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        t = targets[start:start + len(logits)]
+        lse = torch.logsumexp(logits, dim=-1)
+        logps = logits.gather(-1, t[:, None]).squeeze(-1) - lse
+        if not need_grad:
+            return logps, None
+        d_logits = torch.exp(logits - lse[:, None]).neg_()  # d logp / d logits = onehot - softmax
+        d_logits[torch.arange(len(t), device=t.device), t] += 1
+        return logps, d_logits
 
-class _FrozenHeadDistillKL(torch.autograd.Function):
-    """KL(teacher ‖ student) per position over the whole vocabulary, for a student head that is not trained, in
-    chunks of positions (same memory bound as :class:`_FrozenHeadLogProbs`).
-
-    With ``p = softmax(teacher logits)`` and ``q = softmax(h W^T + b)``, KL = Σ p (log p − log q) and its gradient
-    with respect to the student logits is ``q − p``, so the gradient with respect to ``h`` is ``(q − p) W``.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, teacher_logits_fn):  # type: ignore[override]
-        need_grad = ctx.needs_input_grad[0]
-        kl = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden) if need_grad else None
-        for s in range(0, hidden.shape[0], HEAD_CHUNK):
-            log_q = torch.log_softmax(F.linear(hidden[s:s + HEAD_CHUNK].to(weight.dtype), weight, bias).float(), dim=-1)
-            log_p = torch.log_softmax(teacher_logits_fn(s, s + HEAD_CHUNK).float(), dim=-1)
-            p = log_p.exp()
-            kl[s:s + HEAD_CHUNK] = (p * (log_p - log_q)).sum(-1)
-            if need_grad:
-                grad_hidden[s:s + HEAD_CHUNK] = ((log_q.exp_() - p).to(weight.dtype) @ weight).to(hidden.dtype)
-        ctx.save_for_backward(grad_hidden)
-        return kl
-
-    @staticmethod
-    def backward(ctx, grad_kl):  # type: ignore[override]
-        (grad_hidden,) = ctx.saved_tensors
-        return grad_hidden * grad_kl[:, None].to(grad_hidden.dtype), None, None, None
+    return _FrozenHead.apply(hidden, head.weight, head.bias, chunk)
 
 
 def head_distill_kl(hidden: torch.Tensor, head: torch.nn.Linear, teacher_hidden: torch.Tensor,
                     teacher_head: torch.nn.Linear) -> torch.Tensor:
     """Per-position KL(teacher ‖ student) in nats, [N] float32: ``hidden`` [N, H] through the (frozen) student
-    ``head`` against ``teacher_hidden`` [N, H'] through ``teacher_head``; gradients reach ``hidden`` only."""
-    if head.weight.requires_grad or (head.bias is not None and head.bias.requires_grad):
+    ``head`` against ``teacher_hidden`` [N, H'] through ``teacher_head``; gradients reach ``hidden`` only.
+
+    With ``p`` the teacher's and ``q`` the student's softmax, KL = Σ p (log p − log q), and its gradient with
+    respect to the student logits is ``q − p``.
+    """
+    if _is_trained(head):
         raise ValueError("distillation needs a frozen student LM head")
 
-    def teacher_logits(start: int, stop: int) -> torch.Tensor:
+    def chunk(start: int, logits: torch.Tensor, need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        log_q = torch.log_softmax(logits, dim=-1)
         with torch.no_grad():
-            return teacher_head(teacher_hidden[start:stop].to(teacher_head.weight.dtype))
+            teacher_logits = teacher_head(teacher_hidden[start:start + len(logits)].to(teacher_head.weight.dtype))
+        log_p = torch.log_softmax(teacher_logits.float(), dim=-1)
+        p = log_p.exp()
+        return (p * (log_p - log_q)).sum(-1), (log_q.exp_() - p) if need_grad else None
 
-    return _FrozenHeadDistillKL.apply(hidden, head.weight, head.bias, teacher_logits)
+    return _FrozenHead.apply(hidden, head.weight, head.bias, chunk)
 
 
 def head_kl(h_policy: torch.Tensor, h_ref: torch.Tensor, head: torch.nn.Linear) -> torch.Tensor:
