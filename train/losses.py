@@ -76,7 +76,11 @@ def head_distill_kl(hidden: torch.Tensor, head: torch.nn.Linear, teacher_hidden:
     """
     if _is_trained(head):
         raise ValueError("distillation needs a frozen student LM head")
+    return _kl_chunks(hidden, head, teacher_hidden, teacher_head)
 
+
+def _kl_chunks(hidden: torch.Tensor, head: torch.nn.Linear, teacher_hidden: torch.Tensor,
+               teacher_head: torch.nn.Linear) -> torch.Tensor:
     def chunk(start: int, logits: torch.Tensor, need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         log_q = torch.log_softmax(logits, dim=-1)
         with torch.no_grad():
@@ -89,14 +93,10 @@ def head_distill_kl(hidden: torch.Tensor, head: torch.nn.Linear, teacher_hidden:
 
 
 def head_kl(h_policy: torch.Tensor, h_ref: torch.Tensor, head: torch.nn.Linear) -> torch.Tensor:
-    """Per-position KL(policy || reference) over the whole vocabulary, in nats: [N, H] x2 -> [N] (no grad)."""
-    out = []
+    """Per-position KL(policy || reference) over the whole vocabulary, in nats: [N, H] x2 -> [N] (no grad).
+    The distillation KL with the policy as teacher and the reference as student."""
     with torch.no_grad():
-        for s in range(0, h_policy.shape[0], HEAD_CHUNK):
-            lp = torch.log_softmax(head(h_policy[s:s + HEAD_CHUNK].to(head.weight.dtype)).float(), dim=-1)
-            lr = torch.log_softmax(head(h_ref[s:s + HEAD_CHUNK].to(head.weight.dtype)).float(), dim=-1)
-            out.append((lp.exp() * (lp - lr)).sum(-1))
-    return torch.cat(out) if out else h_policy.new_zeros(0, dtype=torch.float32)
+        return _kl_chunks(h_ref, head, h_policy, head)
 
 
 def per_row_sum(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:

@@ -115,5 +115,5 @@ def run(cfg: SftConfig) -> dict[str, Any]:
     reset_peak(session.device)
     state = fit(model, task, cfg, session.run_dir, session.console)
     # with a teacher, train_loss is the KL in nats per reply token; val_loss stays cross-entropy
-    extra = {"loss": "distill", "teacher": str(resolve_model(cfg.teacher))} if cfg.teacher else {}
+    extra = {"loss": "distill", "teacher": teacher.name_or_path} if teacher is not None else {}
     return finish(session, model, "sft", state, read_peak(session.device), data, extra)

@@ -321,17 +321,20 @@ class LLMEngine:
 
     # -- offline use ------------------------------------------------------------------------------------
     def generate(
-        self, prompts: list[list[int]], params: SamplingParams, adapters: list[str | None] | None = None
+        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
+        adapters: list[str | None] | None = None,
     ) -> list[list[int]]:
-        """Run prompts (token ids) to completion together; return each one's output token ids (``params.n``
-        must be 1; use :meth:`add_request` and :meth:`step` for several choices)."""
-        if params.n != 1:
+        """Run prompts (token ids) to completion together; return each one's output token ids. ``params`` is one
+        for all prompts or one per prompt (e.g. a seed each); ``n`` must be 1 (use :meth:`add_request` and
+        :meth:`step` for several choices)."""
+        per_prompt = params if isinstance(params, list) else [params] * len(prompts)
+        if any(p.n != 1 for p in per_prompt):
             raise ConfigError("generate() returns one output per prompt; n must be 1")
         adapters = adapters or [None] * len(prompts)
         ids = [f"offline-{time.monotonic_ns()}-{i}" for i in range(len(prompts))]
         results: dict[str, list[int]] = {i: [] for i in ids}
-        for rid, prompt, adapter in zip(ids, prompts, adapters):
-            self.add_request(rid, prompt, params, adapter)
+        for rid, prompt, p, adapter in zip(ids, prompts, per_prompt, adapters):
+            self.add_request(rid, prompt, p, adapter)
         while self.has_unfinished:
             for out in self.step():
                 results[out.request_id].extend(out.token_ids)

@@ -74,14 +74,8 @@ def sample_continuations(engine: LLMEngine, prompts: list[list[int]], max_tokens
                          seed: int) -> list[list[int]]:
     """One sampled continuation of each prompt (all in flight together); prompt ``i`` samples with seed
     ``seed + i``, so equal prompts still give different text and a rerun gives the same text."""
-    ids = [f"sample-{i}" for i in range(len(prompts))]
-    for i, (rid, prompt) in enumerate(zip(ids, prompts)):
-        engine.add_request(rid, list(prompt), SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed + i))
-    out: dict[str, list[int]] = {rid: [] for rid in ids}
-    while engine.has_unfinished:
-        for o in engine.step():
-            out[o.request_id].extend(o.token_ids)
-    return [out[rid] for rid in ids]
+    params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed + i) for i in range(len(prompts))]
+    return engine.generate([list(p) for p in prompts], params)
 
 
 def _blocks_needed(windows: list[list[int]], decode: dict | None, sample: dict | None, cfg: EngineConfig) -> int:

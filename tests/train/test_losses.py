@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from train import losses
-from train.losses import dpo_sigmoid_loss, head_distill_kl, head_logprobs, per_row_sum, reward_accuracy
+from train.losses import dpo_sigmoid_loss, head_distill_kl, head_kl, head_logprobs, per_row_sum, reward_accuracy
 from train.schedule import lr_factor, warmup_steps
 
 
@@ -62,6 +62,17 @@ def test_distill_kl_and_gradient_match_autograd(monkeypatch) -> None:
     torch.testing.assert_close(same, torch.zeros(23), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="frozen"):
         head_distill_kl(hidden, torch.nn.Linear(16, 50), teacher_hidden, teacher_head)
+
+
+def test_dpo_kl_to_reference_is_kl_div(monkeypatch) -> None:
+    monkeypatch.setattr(losses, "HEAD_CHUNK", 7)
+    gen = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(16, 50, bias=False).requires_grad_(False)
+    h_policy, h_ref = torch.randn(23, 16, generator=gen), torch.randn(23, 16, generator=gen)
+    ref = torch.nn.functional.kl_div(torch.log_softmax(head(h_ref), -1), torch.log_softmax(head(h_policy), -1),
+                                     log_target=True, reduction="none").sum(-1)  # KL(policy || reference)
+    torch.testing.assert_close(head_kl(h_policy, h_ref, head), ref, atol=1e-5, rtol=1e-5)
+    assert head_kl(h_policy[:0], h_ref[:0], head).shape == (0,)
 
 
 def test_per_row_sum() -> None:
