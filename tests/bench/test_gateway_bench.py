@@ -10,7 +10,6 @@ per request, is measured slower than our gateway.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -20,11 +19,6 @@ from bench.gateway import run, summarise
 from lorafleet.config.gateway_bench import GatewayBenchConfig
 from lorafleet.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[2]
-LITELLM_PYTHON = ROOT / ".venv-litellm" / "bin" / "python"
-# `make test` builds the LiteLLM venv and sets LORAFLEET_REQUIRE_VLLM=1: there a missing venv fails the test;
-# a bare `pytest` without it runs the benchmark without LiteLLM.
-REQUIRE = os.environ.get("LORAFLEET_REQUIRE_VLLM") == "1"
 
 
 def test_fast_backend_speaks_openai_sse() -> None:
@@ -37,13 +31,10 @@ def test_fast_backend_speaks_openai_sse() -> None:
 
 
 @pytest.mark.timeout(900)
-def test_small_run_against_real_servers(tmp_path: Path) -> None:
-    has_litellm = LITELLM_PYTHON.exists()
-    if REQUIRE and not has_litellm:
-        pytest.fail(f"{LITELLM_PYTHON} is missing: run `make litellm-venv`")
-    cfg = GatewayBenchConfig(json_path=tmp_path / "gateway.json", ttft_requests=150, litellm_ttft_requests=100,
+def test_small_run_against_real_servers(bench_out: Path, litellm_python: Path) -> None:
+    cfg = GatewayBenchConfig(json_path=bench_out / "gateway.json", ttft_requests=150, litellm_ttft_requests=100,
                              concurrency=16, throughput_requests=400, litellm_throughput_requests=64, repeats=1,
-                             litellm_python=str(LITELLM_PYTHON) if has_litellm else "")
+                             litellm_python=str(litellm_python))
     res = run(cfg)
     assert json.loads(cfg.json_path.read_text()) == json.loads(json.dumps(res))
     t = res["ttft_ms"]
@@ -54,13 +45,10 @@ def test_small_run_against_real_servers(tmp_path: Path) -> None:
     assert res["gateway_cpu_us_per_request"] is None or res["gateway_cpu_us_per_request"] > 0
     assert set(res["targets"]) == {"overhead_p50", "overhead_p99", "throughput", "vs_litellm_overhead",
                                    "vs_litellm_throughput"}
-    if has_litellm:
-        lite = res["litellm"]
-        assert t["litellm"]["n"] == 100 and res["versions"]["litellm"] == "1.108.0"
-        assert lite["overhead_ms"]["p50"] > res["overhead_ms"]["p50"]
-        assert lite["throughput_rps"] < res["throughput_rps"]["gateway"]
-    else:
-        assert "litellm" not in res and res["targets"]["vs_litellm_overhead"]["met"] is None
+    lite = res["litellm"]
+    assert t["litellm"]["n"] == 100 and res["versions"]["litellm"] == "1.108.0"
+    assert lite["overhead_ms"]["p50"] > res["overhead_ms"]["p50"]
+    assert lite["throughput_rps"] < res["throughput_rps"]["gateway"]
 
 
 def test_summary_targets(tmp_path: Path) -> None:

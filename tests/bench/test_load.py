@@ -147,11 +147,11 @@ def run_bench_load(tmp_path: Path, target: str, users: int = 2, duration: str = 
 
 
 @pytest.mark.timeout(600)
-def test_bench_load_through_the_gateway_to_our_engine(server, lora_adapters, tmp_path: Path):
+def test_bench_load_through_the_gateway_to_our_engine(server, lora_adapters, locust_run: Path):
     adapters = {n: lora_adapters[n] for n in server.adapters}  # a0, a1: already loaded there
     backend = {"name": "emb", "kind": "embedded", "url": server.base_url, "base_model": server.model, "max_adapters": 4}
-    with gateway(tmp_path, [backend], adapters) as url:
-        got = run_bench_load(tmp_path, url)
+    with gateway(locust_run, [backend], adapters) as url:
+        got = run_bench_load(locust_run, url)
         served = gateway_requests_by_backend(url)
     assert {r["model"] for r in got["records"]} <= {server.model, "a0", "a1"}
     assert served["emb"] >= got["summary"]["num_requests"]

@@ -34,10 +34,10 @@ def stats_rows(tmp_path: Path) -> dict[tuple[str, str], dict[str, str]]:
         return {(r["Type"], r["Name"]): r for r in csv.DictReader(f)}
 
 
-def test_plain_locust_reports_ttft_tpot_and_e2e_entries(server, tmp_path: Path):
-    proc = run_locust(tmp_path, server.base_url, TINY)
+def test_plain_locust_reports_ttft_tpot_and_e2e_entries(server, locust_run: Path):
+    proc = run_locust(locust_run, server.base_url, TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = stats_rows(tmp_path)
+    rows = stats_rows(locust_run)
     ttft, tpot, e2e = (rows[(kind, server.model)] for kind in ("TTFT", "TPOT", "E2E"))
     assert int(e2e["Request Count"]) >= 2 and int(e2e["Failure Count"]) == 0  # each user finished at least one
     assert ttft["Request Count"] == tpot["Request Count"] == e2e["Request Count"]
@@ -45,34 +45,34 @@ def test_plain_locust_reports_ttft_tpot_and_e2e_entries(server, tmp_path: Path):
     assert 0 < float(tpot["Average Response Time"]) < float(e2e["Average Response Time"])
     assert float(e2e["Average Content Size"]) == 6.0  # response length = output tokens (ignore_eos)
     assert float(ttft["99%"]) > 0 and float(tpot["50%"]) > 0  # locust's own percentiles
-    records = [json.loads(line) for line in (tmp_path / "req.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (locust_run / "req.jsonl").read_text().splitlines()]
     assert len(records) >= int(e2e["Request Count"])
     assert all(r["ok"] and r["output_tokens"] == 6 and 0 < r["ttft_s"] < r["e2e_s"] for r in records)
-    assert (tmp_path / "loc_stats_history.csv").exists() and "Traceback" not in proc.stderr
+    assert (locust_run / "loc_stats_history.csv").exists() and "Traceback" not in proc.stderr
 
 
-def test_failed_requests_are_failures_not_crashes(server, tmp_path: Path):
+def test_failed_requests_are_failures_not_crashes(server, locust_run: Path):
     # prompts of up to 1600 words against a 1024-token context: with seed 3, user 0's first three prompts
     # (1427, 1422, 1229 words) get HTTP 400 and user 1's first (132 words) succeeds
     workload = TINY.replace("max: 48", "max: 1600").replace("seed: 7", "seed: 3")
-    proc = run_locust(tmp_path, server.base_url, workload, seconds=6)
+    proc = run_locust(locust_run, server.base_url, workload, seconds=6)
     assert proc.returncode == 1, proc.stderr[-3000:]  # locust's exit code when any request failed
     assert "Traceback" not in proc.stderr
-    e2e = stats_rows(tmp_path)[("E2E", server.model)]
+    e2e = stats_rows(locust_run)[("E2E", server.model)]
     assert 0 < int(e2e["Failure Count"]) < int(e2e["Request Count"]), proc.stderr[-3000:]
-    with open(tmp_path / "loc_failures.csv") as f:
+    with open(locust_run / "loc_failures.csv") as f:
         failures = list(csv.DictReader(f))
     assert failures and all(r["Method"] == "E2E" and "HTTP 400" in r["Error"] and "maximum context length" in r["Error"]
                             for r in failures)
-    records = [json.loads(line) for line in (tmp_path / "req.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (locust_run / "req.jsonl").read_text().splitlines()]
     assert any(r["ok"] for r in records) and any(not r["ok"] and "HTTP 400" in r["error"] for r in records)
 
 
-def test_set_up_errors_stop_locust_with_a_message(server, tmp_path: Path):
-    proc = run_locust(tmp_path, server.base_url, TINY, "--model", "no-such-model", seconds=30)
+def test_set_up_errors_stop_locust_with_a_message(server, locust_run: Path):
+    proc = run_locust(locust_run, server.base_url, TINY, "--model", "no-such-model", seconds=30)
     assert proc.returncode == 2
     assert "error: model 'no-such-model' is not served by the target" in proc.stderr
-    assert "Traceback" not in proc.stderr and not (tmp_path / "req.jsonl").exists()
+    assert "Traceback" not in proc.stderr and not (locust_run / "req.jsonl").exists()
 
 
 def test_stream_timer_reads_chat_and_completion_streams():

@@ -75,14 +75,14 @@ def check_evidence(evidence: dict, slo_text: str, candidates: list[str], users: 
 
 
 @pytest.mark.timeout(900)
-def test_tune_our_engine(tmp_path: Path):
+def test_tune_our_engine(bench_out: Path):
     lorafleet = Path(sys.executable).with_name("lorafleet")
     threads = os.environ.get("LORAFLEET_TEST_THREADS", "1")
     cmd = (f"{lorafleet} serve --model smollm2-135m-instruct --dtype float32 --device cpu --host 127.0.0.1 --port {{port}} "
            f"--num-threads {threads} --log-level warning")
-    candidates = write_candidates(tmp_path, max_num_batched_tokens=64, max_model_len=256, kv_cache_gib=0.25)
+    candidates = write_candidates(bench_out, max_num_batched_tokens=64, max_model_len=256, kv_cache_gib=0.25)
     slo = "ttft_p99=120s,tpot_p99=30s"
-    evidence = run_tune(tmp_path, "embedded", cmd, candidates, "2", slo)
+    evidence = run_tune(bench_out, "embedded", cmd, candidates, "2", slo)
     check_evidence(evidence, slo, candidates, [2])
 
 

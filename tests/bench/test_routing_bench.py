@@ -17,12 +17,12 @@ from lorafleet.errors import ConfigError
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_small_run_meets_the_targets(tmp_path: Path) -> None:
+def test_small_run_meets_the_targets(bench_out: Path) -> None:
     from bench.routing import run
 
     # Fewer and shorter prompts than the committed run; the LoRA run keeps its 48 requests (short ones): with
     # fewer, round robin's cold loads are too few for the ratio to show.
-    cfg = RoutingBenchConfig(json_path=tmp_path / "routing.json", system_prompt_tokens=192, requests_per_tenant=4,
+    cfg = RoutingBenchConfig(json_path=bench_out / "routing.json", system_prompt_tokens=192, requests_per_tenant=4,
                              output_tokens=2)
     res = run(cfg)
     assert json.loads(cfg.json_path.read_text()) == json.loads(json.dumps(res))

@@ -18,10 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.timeout(600)
-def test_small_real_run_writes_the_issue_keys(tmp_path: Path, base_model_path) -> None:
+def test_small_real_run_writes_the_issue_keys(bench_out: Path, base_model_path) -> None:
     from bench.spec import run
 
-    out = tmp_path / "spec.json"
+    out = bench_out / "spec.json"
     cfg = SpecBenchConfig(json_path=out, model=str(base_model_path), output_tokens=24, num_prompts=2, repeats=1,
                           num_speculative_tokens=6, num_threads=1)
     run(cfg)

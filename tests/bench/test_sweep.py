@@ -50,10 +50,10 @@ def test_sweep_config_problems():
 
 
 @pytest.mark.timeout(600)
-def test_concurrency_sweep_against_a_real_server(server, tmp_path: Path):
-    (tmp_path / "w.yaml").write_text("api: completions\nprompt_tokens: 24\noutput_tokens: 5\nthink_time_s: 0\n")
-    out = tmp_path / "sweep"
-    res = CliRunner().invoke(app, ["bench", "sweep", "--target", server.base_url, "--workload", str(tmp_path / "w.yaml"),
+def test_concurrency_sweep_against_a_real_server(server, bench_out: Path):
+    (bench_out / "w.yaml").write_text("api: completions\nprompt_tokens: 24\noutput_tokens: 5\nthink_time_s: 0\n")
+    out = bench_out / "sweep"
+    res = CliRunner().invoke(app, ["bench", "sweep", "--target", server.base_url, "--workload", str(bench_out / "w.yaml"),
                                    "--users", "1,2", "--duration", "4s", "--slo", "ttft_p99=120s,tpot_p99=30s",
                                    "--out", str(out)])
     assert res.exit_code == 0, res.output

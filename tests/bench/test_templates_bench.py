@@ -40,9 +40,9 @@ def test_workload_is_naive_and_deterministic() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_small_bench_meets_the_targets_on_our_engine(server, tmp_path: Path) -> None:
-    cfg = TemplateBenchConfig(json_path=tmp_path / "r.json", num_requests=NUM_REQUESTS, max_tokens=1)
-    engine = measure_system(server.base_url, server.model, cfg, make_requests(NUM_REQUESTS, cfg.seed), tmp_path)
+def test_small_bench_meets_the_targets_on_our_engine(server, bench_out: Path) -> None:
+    cfg = TemplateBenchConfig(json_path=bench_out / "r.json", num_requests=NUM_REQUESTS, max_tokens=1)
+    engine = measure_system(server.base_url, server.model, cfg, make_requests(NUM_REQUESTS, cfg.seed), bench_out)
     naive, compiled = engine["phases"]["naive"], engine["phases"]["compiled"]
     assert engine["block_size"] == 16  # read from vllm:cache_config_info, as compile read it
     assert naive["prefix_cache_queries"] == compiled["prefix_cache_queries"] > 15_000  # ~640 tokens each, same prompts

@@ -27,8 +27,8 @@ def test_generated_replies_spread_over_the_length_range(tokenizer) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_bench_train_runs_both_and_writes_the_keys(tmp_path: Path) -> None:
-    out = tmp_path / "train.json"
+def test_bench_train_runs_both_and_writes_the_keys(bench_out: Path) -> None:
+    out = bench_out / "train.json"
     threads = os.environ.get("LORAFLEET_TEST_THREADS", "1")
     proc = subprocess.run([LORAFLEET, "bench", "train", "--json", str(out), "--num-samples", "22", "--num-val", "3",
                            "--min-tokens", "8", "--max-tokens", "48", "--num-threads", threads],

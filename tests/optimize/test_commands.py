@@ -34,8 +34,10 @@ def base_digest(base_model_path):
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("optimize")
+def work(optimize_work: Path, request) -> Path:
+    out = optimize_work / request.module.__name__.rsplit(".", 1)[-1]
+    out.mkdir(exist_ok=True)
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.train.helpers import ENV, LORAFLEET, run_cli, small_run_args, style_records, write_jsonl
+from tests.train.helpers import ENV, LORAFLEET, small_run_args, style_records, write_jsonl
 
 pytestmark = pytest.mark.timeout(600)
 KILLS = 24
@@ -99,7 +99,7 @@ def test_sigkill_during_checkpoint_writes_never_corrupts_the_latest(tmp_path, du
     assert interrupted >= KILLS // 3, f"only {interrupted} kills landed inside a write: the test did not test much"
 
 
-def test_train_run_killed_during_a_checkpoint_write_resumes(tmp_path, durability_check) -> None:
+def test_train_run_killed_during_a_checkpoint_write_resumes(tmp_path, durability_check, train_cli) -> None:
     data = write_jsonl(tmp_path / "data.jsonl", style_records(8, seed=5))
     out = tmp_path / "run"
     args = ["train", "sft", *small_run_args(data, out, "--max-steps", "3", "--batch-size", "2", "--val-fraction", "0",
@@ -122,7 +122,7 @@ def test_train_run_killed_during_a_checkpoint_write_resumes(tmp_path, durability
     assert latest is not None and latest.name in ("step-00000001", "step-00000002")
     load_checkpoint(latest)  # loads: not torn
     durability_check.update(corrupt_latest=0)
-    run_cli(*args, "--resume")
+    train_cli(*args, "--resume")
     report = json.loads((out / "report.json").read_text())
     assert report["resumed_from_steps"] == [int(latest.name.split("-")[1])] and report["steps"] == 3
     assert (out / "adapter" / "adapter_model.safetensors").is_file()

@@ -24,8 +24,8 @@ from bench.soak import API_KEY
 pytestmark = pytest.mark.timeout(900)
 
 
-def test_two_minute_soak(tmp_path, refusals) -> None:
-    out = tmp_path / "soak"
+def test_two_minute_soak(soak_run, refusals) -> None:
+    out = soak_run
     cmd = [str(Path(sys.executable).with_name("lorafleet")), "bench", "soak", "--minutes", "2", "--out", str(out),
            "--replicas", "2", "--num-adapters", "2", "--max-adapters", "1", "--users", "3", "--calibrate", "10",
            "--sample-interval", "5", "--json", str(results_path())]

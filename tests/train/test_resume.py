@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.train.helpers import ENV, LORAFLEET, run_cli, small_run_args, style_records, write_jsonl
+from tests.train.helpers import ENV, LORAFLEET, small_run_args, style_records, write_jsonl
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -56,9 +56,9 @@ def _one_line_error(*args: str) -> str:
     return out.stderr.strip().splitlines()[-1]
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(data: Path, tmp_path: Path) -> None:
+def test_resume_after_sigkill_matches_uninterrupted_run(data: Path, tmp_path: Path, train_cli) -> None:
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    printed = run_cli(*_args(data, straight)).stderr
+    printed = train_cli(*_args(data, straight)).stderr
     assert f"skipped {data}:5: 'completion' must be a non-empty string" in " ".join(printed.split())
     skipped = json.loads((straight / "report.json").read_text())["data"]["skipped"]
     assert skipped == [{"file": str(data), "line": 5, "reason": "'completion' must be a non-empty string (or one assistant message)"}]
@@ -69,7 +69,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(data: Path, tmp_path: Pa
     changed = _one_line_error(*_args(data, killed, "--resume", "--lr", "5e-4"))
     assert "--resume with settings different" in changed and "lr: 0.001 -> 0.0005" in changed
 
-    run_cli(*_args(data, killed, "--resume"))
+    train_cli(*_args(data, killed, "--resume"))
     report = json.loads((killed / "report.json").read_text())
     assert report["resumed_from_steps"] and report["resumed_from_steps"][0] in (2, 4)
     assert report["steps"] == 5

@@ -1,0 +1,87 @@
+"""Fixtures that put a test in the full tier (tests/tiers.py maps each name to its marker), each giving the test
+what it needs for that kind of work: another engine's venv, a CLI runner for long jobs, a temporary results path.
+
+Loaded by tests/conftest.py as a plugin. Under ``make test-full`` (``LORAFLEET_REQUIRE_VLLM=1``) a missing venv
+fails the test; a bare ``pytest`` skips it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.vllm_support import REQUIRE_VLLM
+
+ROOT = Path(__file__).resolve().parents[1]
+LORAFLEET = str(Path(sys.executable).with_name("lorafleet"))
+
+
+def _side_venv(name: str, make_target: str) -> Path:
+    python = ROOT / name / "bin" / "python"
+    if not python.exists():
+        if REQUIRE_VLLM:
+            pytest.fail(f"LORAFLEET_REQUIRE_VLLM=1 but {python} is missing (make {make_target})")
+        pytest.skip(f"no {name} (make {make_target})")
+    return python
+
+
+@pytest.fixture(scope="session")
+def litellm_python() -> Path:
+    """The LiteLLM proxy venv's python (``make litellm-venv``)."""
+    return _side_venv(".venv-litellm", "litellm-venv")
+
+
+@pytest.fixture(scope="session")
+def llmcompressor_python() -> Path:
+    """The llm-compressor venv's python (``make llmcompressor-venv``)."""
+    return _side_venv(".venv-llmcompressor", "llmcompressor-venv")
+
+
+def run_lorafleet(*args: str, timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``lorafleet ARGS`` as users run it; fails the test with its output if it exits non-zero."""
+    out = subprocess.run([LORAFLEET, *args], capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, **(env or {})})
+    assert out.returncode == 0, f"lorafleet {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr[-4000:]}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def train_cli() -> Callable[..., subprocess.CompletedProcess]:
+    """``train_cli(*args, timeout=900)``: runs ``lorafleet ARGS`` for a training job (``train sft``, ``train dpo``,
+    a resume ...) and asserts it exits 0."""
+    return run_lorafleet
+
+
+@pytest.fixture(scope="session")
+def optimize_work(tmp_path_factory) -> Path:
+    """A temporary folder for the checkpoints of optimize jobs that quantize, prune, calibrate or heal."""
+    return tmp_path_factory.mktemp("optimize")
+
+
+@pytest.fixture
+def bench_out(tmp_path: Path) -> Path:
+    """A temporary folder for the results of a smaller loop of a real benchmark (never bench/results/)."""
+    out = tmp_path / "bench"
+    out.mkdir()
+    return out
+
+
+@pytest.fixture
+def locust_run(tmp_path: Path) -> Path:
+    """A temporary folder for a locust run's records and reports."""
+    out = tmp_path / "locust"
+    out.mkdir()
+    return out
+
+
+@pytest.fixture
+def soak_run(tmp_path: Path) -> Path:
+    """A temporary folder for a soak's figures."""
+    out = tmp_path / "soak"
+    out.mkdir()
+    return out
