@@ -109,6 +109,10 @@ def test_required_tool_calls_always_validate(gateways, kind) -> None:
 def test_logprobs_and_n_pass_through_unchanged(gateways, kind) -> None:
     via, direct, served = clients(gateways, kind)
     kw = dict(messages=CAPITAL, temperature=0, max_tokens=10, logprobs=True, top_logprobs=3)
+    # Each request goes straight to the backend once first, so the gateway's request and the direct one after
+    # it both find the prompt in the prefix cache. What is guaranteed is the same output in the same cache
+    # state: across cache states bf16 or AMX matmuls may differ in the last bits and tip a near tie (issue #22).
+    direct.chat.completions.create(model=served, **kw)
     through = via.chat.completions.create(model=GATEWAY_MODEL[kind], **kw).choices[0]
     straight = direct.chat.completions.create(model=served, **kw).choices[0]
     assert_chat_logprobs_shape(through, 3)
@@ -118,6 +122,7 @@ def test_logprobs_and_n_pass_through_unchanged(gateways, kind) -> None:
                                         temperature=0, logprobs=2).choices[0].logprobs
     assert len(completion.tokens) == len(completion.token_logprobs) == len(completion.top_logprobs) == 5
     prompt = "Write a sentence about a red fox who lives near an old mill and"
+    seeded_choices(direct, served, prompt)  # the prompt cached, as above
     assert seeded_choices(via, GATEWAY_MODEL[kind], prompt) == seeded_choices(direct, served, prompt)
 
 
