@@ -19,6 +19,7 @@ from serve.engine.detokenizer import IncrementalDetokenizer
 from serve.engine.logprobs import TokenLogprob
 from serve.engine.lora import LoraAdapter, load_peft_adapter
 from serve.engine.model_runner import EngineLayout, ModelRunner
+from serve.engine.penalties import tokenize_bad_words
 from serve.engine.sampling_params import SamplingParams
 from serve.engine.scheduler import Scheduler, SchedulerStats
 from serve.engine.sequence import Sequence, SeqStatus, SeqTimes
@@ -44,6 +45,9 @@ class RequestOutput:
     #: raw logprobs of the new tokens that are part of the text (not of a closing EOS / stop token id), when
     #: the request asked for them
     logprobs: tuple[TokenLogprob, ...] | None = None
+    #: raw logprobs of the prompt's tokens (``None`` for the first), on the choice's first output when the
+    #: request asked for ``prompt_logprobs``
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,7 @@ class EngineStats:
 class _Choice:
     seq: Sequence
     detok: IncrementalDetokenizer
+    has_output: bool = False  #: the first output (which carries the prompt logprobs) was returned
 
 
 @dataclass(slots=True)
@@ -67,6 +72,19 @@ class _Request:
     choices: list[_Choice]
     num_unfinished: int
     holds_slot: bool = False  #: pins a LoRA slot (released when the last choice finishes)
+    #: prompt logprobs by prompt position (index 0 stays None), filled chunk by chunk during the prefill
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+
+
+def check_params(params: SamplingParams, layout: EngineLayout) -> None:
+    """Raise :class:`ConfigError` for token ids in ``params`` (logit_bias, bad_words_token_ids) outside the
+    vocabulary."""
+    bad = next((t for t, _ in params.logit_bias if t >= layout.vocab_size), None)
+    if bad is not None:
+        raise ConfigError(f"logit_bias: token id {bad} is outside the vocabulary (size {layout.vocab_size})")
+    bad = next((t for w in params.bad_words_token_ids for t in w if not 0 <= t < layout.vocab_size), None)
+    if bad is not None:
+        raise ConfigError(f"bad_words: token id {bad} is outside the vocabulary (size {layout.vocab_size})")
 
 
 def check_prompt(prompt_token_ids: list[int], layout: EngineLayout) -> None:
@@ -122,7 +140,10 @@ class LLMEngine:
         self.check_request(prompt_token_ids, adapter)
         if request_id in self._requests:
             raise ConfigError(f"request id '{request_id}' is already running")
+        check_params(params, self.layout)
         guides = [self.grammars.guide(params.structured) if params.structured else None for _ in range(params.n)]
+        bad_words = params.bad_words_token_ids + tokenize_bad_words(self.tokenizer, params.bad_words)
+        stop_ids = tuple(sorted({*params.stop_token_ids, *(() if params.ignore_eos else self.eos_token_ids)}))
         seqs = [Sequence(
             seq_id=request_id if i == 0 else f"{request_id}#{i}",
             prompt_token_ids=list(prompt_token_ids),
@@ -133,12 +154,16 @@ class LLMEngine:
             request_id=request_id,
             index=i,
             guide=guides[i],
+            bad_words_token_ids=bad_words,
+            min_tokens_stop_ids=stop_ids if params.min_tokens else (),
         ) for i in range(params.n)]
         first = seqs[0]
         first.forks = seqs[1:]  # they start from its computed prompt (shared KV blocks)
         choices = [_Choice(seq, IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids, params.stop,
                                                        params.skip_special_tokens)) for seq in seqs]
         req = _Request(request_id, choices, len(choices))
+        if params.prompt_logprobs is not None:
+            req.prompt_logprobs = [None] * len(prompt_token_ids)
         self._requests[request_id] = req
         self._choices.update((c.seq.seq_id, (req, c)) for c in choices)
         if adapter is None or self._acquire_slot(req):
@@ -224,6 +249,9 @@ class LLMEngine:
         if sched.is_empty:
             return []
         result = self.runner.execute(sched)
+        for seq_id, chunk in result.prompt_logprobs.items():
+            req = self._choices[seq_id][0]
+            req.prompt_logprobs[chunk.first_position:chunk.first_position + len(chunk.entries)] = chunk.entries
         accepted = {it.seq.seq_id: len(result.sampled.get(it.seq.seq_id, ())) - 1
                     for it in sched.scheduled if it.num_draft_tokens}
         self.scheduler.commit(sched, accepted)
@@ -253,9 +281,11 @@ class LLMEngine:
 
     def _propose_drafts(self) -> None:
         """Prompt-lookup drafts for running decodes that speculate (not constrained ones: the grammar state
-        would have to be rolled back on rejection)."""
+        would have to be rolled back on rejection; not ones with penalties, biases or bans either)."""
         for seq in self.scheduler.running:
-            k = self._num_speculative_tokens(seq) if seq.guide is None and seq.num_uncomputed_tokens == 1 else 0
+            # verify_drafts applies no grammar, penalty, bias, ban or min-p
+            plain = seq.guide is None and not seq.params.has_logits_adjust and not seq.params.min_p
+            k = self._num_speculative_tokens(seq) if plain and seq.num_uncomputed_tokens == 1 else 0
             seq.draft_token_ids = propose_ngram(seq.token_ids, k, self.cfg.prompt_lookup_max,
                                                 self.cfg.prompt_lookup_min) if k else []
 
@@ -283,6 +313,10 @@ class LLMEngine:
             if status is not None:
                 break
         appended = tuple(tokens[:j + 1])
+        prompt_logprobs = None
+        if not choice.has_output and req.prompt_logprobs is not None:
+            prompt_logprobs = tuple(req.prompt_logprobs)
+        choice.has_output = True
         if status is not None:
             text += choice.detok.flush()
             self._finish(req, seq, status, now)
@@ -298,6 +332,7 @@ class LLMEngine:
             times=seq.times if status else None,
             index=seq.index,
             logprobs=tuple(logprobs[k] for k in kept) if logprobs is not None else None,
+            prompt_logprobs=prompt_logprobs,
         )
 
     def _finish(self, req: _Request, seq: Sequence, status: SeqStatus, now: float) -> None:

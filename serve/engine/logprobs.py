@@ -43,3 +43,11 @@ def token_logprobs(logits: torch.Tensor, token_ids: list[int], num_top: list[int
         pairs = tuple(zip(top_ids[i][:num_top[i]], top_vals[i][:num_top[i]])) if num_top[i] else ()
         out.append(TokenLogprob(tid, value, ranks[i], pairs))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class PromptLogprobs:
+    """Raw logprobs of consecutive prompt tokens computed in one prefill chunk."""
+
+    first_position: int  #: prompt position of ``entries[0]``'s token (>= 1: the first token has no logprob)
+    entries: tuple[TokenLogprob, ...]

@@ -1,5 +1,9 @@
-"""Token sampling from fp32 logits: greedy, temperature, top-k, top-p, per-request seeds, per-row grammar
-bitmasks (structured outputs), and verification of speculated draft tokens."""
+"""Token sampling from fp32 logits: greedy, temperature, top-k, top-p, min-p, per-request seeds, per-row grammar
+bitmasks (structured outputs), penalties and logit biases (:mod:`serve.engine.penalties`), and verification
+of speculated draft tokens.
+
+Order, as in vLLM's v1 sampler: grammar mask → bias, bans and penalties → greedy pick → temperature → min-p
+→ top-k → top-p → draw."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from serve.engine.penalties import LogitsAdjust, apply_adjust, min_p_mask
 from serve.engine.structured import apply_bitmask
 
 
@@ -21,6 +26,8 @@ class SamplingBatch:
     #: int32 [n, ceil(vocab / 32)] packed allowed-token bits for the rows in ``masked_rows`` (constrained rows)
     bitmask: torch.Tensor | None = None
     masked_rows: tuple[int, ...] = ()
+    min_ps: tuple[float, ...] = ()  #: per-row min-p (empty: all 0)
+    adjust: LogitsAdjust | None = None  #: penalties, biases and bans (None: none)
 
     @property
     def all_greedy(self) -> bool:
@@ -35,6 +42,8 @@ def sample(logits: torch.Tensor, batch: SamplingBatch, default_generator: torch.
     ``batch.masked_rows`` only pick tokens their bitmask allows (``logits`` is changed in place there)."""
     if batch.masked_rows:
         apply_bitmask(logits, batch.bitmask, list(batch.masked_rows))
+    if batch.adjust is not None:
+        logits = apply_adjust(logits, batch.adjust)
     greedy = logits.argmax(dim=-1)
     if batch.all_greedy:
         return greedy.tolist()
@@ -46,6 +55,7 @@ def sample(logits: torch.Tensor, batch: SamplingBatch, default_generator: torch.
         torch.tensor([batch.temperatures[i] for i in rows], device=logits.device),
         [batch.top_ks[i] for i in rows],
         [batch.top_ps[i] for i in rows],
+        [batch.min_ps[i] for i in rows] if batch.min_ps else None,
     )
     for j, i in enumerate(rows):
         gen = batch.generators[i] or default_generator
@@ -53,11 +63,15 @@ def sample(logits: torch.Tensor, batch: SamplingBatch, default_generator: torch.
     return out
 
 
-def filtered_probs(logits: torch.Tensor, temperatures: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> torch.Tensor:
-    """Probabilities after temperature, top-k and top-p filtering. ``logits`` [n, vocab] → [n, vocab]."""
+def filtered_probs(logits: torch.Tensor, temperatures: torch.Tensor, top_ks: list[int], top_ps: list[float],
+                   min_ps: list[float] | None = None) -> torch.Tensor:
+    """Probabilities after temperature, min-p, top-k and top-p filtering. ``logits`` [n, vocab] → [n, vocab]."""
     # A temperature that is positive as a Python float can be 0 in float32 (5e-324) or overflow the division:
     # below MIN_TEMPERATURE the result is greedy anyway.
     logits = logits / temperatures.clamp(min=MIN_TEMPERATURE)[:, None]
+    if min_ps is not None and any(m > 0.0 for m in min_ps):
+        drop = min_p_mask(logits, torch.tensor(min_ps, device=logits.device, dtype=logits.dtype))
+        logits = logits.masked_fill(drop, float("-inf"))
     vocab = logits.shape[-1]
     if any(0 < k < vocab for k in top_ks):
         ks = torch.tensor([k if 0 < k < vocab else vocab for k in top_ks], device=logits.device)

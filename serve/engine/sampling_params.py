@@ -57,9 +57,30 @@ class SamplingParams:
     #: log-probabilities to return per generated token: None for none, k >= 0 for the chosen token plus the k
     #: most likely ones (raw: log-softmax of the model's logits before any sampling transform or grammar mask)
     logprobs: int | None = None
+    #: log-probabilities of the prompt's tokens (from the prefill): None for none, k >= 0 for each prompt token
+    #: (after the first) plus its k most likely alternatives. Such requests skip the prefix cache (see
+    #: docs/features.md): every prompt row must be computed to have logits.
+    prompt_logprobs: int | None = None
     structured: StructuredOutput | None = None  #: grammar the output must follow (constrained decoding)
     #: n-gram speculative decoding: draft tokens per step (0 off); None takes the engine's default
     num_speculative_tokens: int | None = None
+    #: OpenAI presence penalty in [-2, 2]: subtracted once from the logit of every token already in the output
+    presence_penalty: float = 0.0
+    #: OpenAI frequency penalty in [-2, 2]: subtracted from a token's logit once per occurrence in the output
+    frequency_penalty: float = 0.0
+    #: vLLM/HF repetition penalty > 0 (1 off): logits of tokens in the prompt or output are divided by it when
+    #: positive, multiplied by it otherwise
+    repetition_penalty: float = 1.0
+    #: drop tokens whose probability (after temperature) is below min_p × the top token's, in [0, 1]
+    min_p: float = 0.0
+    #: (token id, bias in [-100, 100]) pairs added to the logits before sampling
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    #: words never generated: the engine tokenizes each (with and without a leading space, as vLLM does)
+    bad_words: tuple[str, ...] = ()
+    #: token sequences never generated (the last token is banned after the others), on top of ``bad_words``
+    bad_words_token_ids: tuple[tuple[int, ...], ...] = ()
+    #: EOS and stop token ids are masked until this many tokens were generated (at most ``max_tokens``)
+    min_tokens: int = 0
     extra: dict = field(default_factory=dict, compare=False)  #: reserved for backend-specific options
 
     def __post_init__(self) -> None:
@@ -78,11 +99,39 @@ class SamplingParams:
             problems.append(f"n must be in [1, {MAX_N}], got {self.n}")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
             problems.append(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs}")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS:
+            problems.append(f"prompt_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.prompt_logprobs}")
         if self.num_speculative_tokens is not None and not 0 <= self.num_speculative_tokens <= MAX_SPECULATIVE_TOKENS:
             problems.append(f"num_speculative_tokens must be in [0, {MAX_SPECULATIVE_TOKENS}], "
                             f"got {self.num_speculative_tokens}")
+        problems += self._adjust_problems()
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def _adjust_problems(self) -> list[str]:
+        problems = []
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                problems.append(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if not self.repetition_penalty > 0.0 or self.repetition_penalty == float("inf"):
+            problems.append(f"repetition_penalty must be a positive number, got {self.repetition_penalty}")
+        if not 0.0 <= self.min_p <= 1.0:
+            problems.append(f"min_p must be in [0, 1], got {self.min_p}")
+        bad_bias = next(((t, b) for t, b in self.logit_bias if not -100.0 <= b <= 100.0 or t < 0), None)
+        if bad_bias is not None:
+            problems.append(f"logit_bias values must be in [-100, 100] for token ids >= 0, got {bad_bias[1]} for "
+                            f"token {bad_bias[0]}")
+        if any(not w.strip() for w in self.bad_words) or any(not w for w in self.bad_words_token_ids):
+            problems.append("bad_words must be non-empty")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            problems.append(f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}")
+        return problems
+
+    @property
+    def has_logits_adjust(self) -> bool:
+        """Whether anything changes the logits before sampling (penalties, bias, bans, min_tokens)."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
+                    or self.logit_bias or self.bad_words or self.bad_words_token_ids or self.min_tokens)
 
     @property
     def is_greedy(self) -> bool:

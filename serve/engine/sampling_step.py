@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from serve.engine.logprobs import TokenLogprob, token_logprobs
+from serve.engine.logprobs import PromptLogprobs, TokenLogprob, token_logprobs
+from serve.engine.penalties import LogitsAdjust, PenaltyBatch, banned_by_bad_words, token_counts
 from serve.engine.sampler import SamplingBatch, sample, verify_drafts
 from serve.engine.scheduler import ScheduledSeq
 from serve.engine.sequence import Sequence
@@ -22,11 +23,14 @@ from serve.engine.structured import allocate_bitmask
 @dataclass(frozen=True, slots=True)
 class RunnerOutput:
     """Tokens picked in one step, by sequence id: only sequences whose step reached their last token, plus
-    the choices forked from them. One token each, or the accepted drafts plus one when drafts were verified."""
+    the choices forked from them. One token each, or the accepted drafts plus one when drafts were verified.
+    Prefill chunks that do not sample may still carry prompt logprobs."""
 
     sampled: dict[str, list[int]]
     #: raw logprobs of every token in ``sampled``, for sequences that asked (``params.logprobs`` set)
     logprobs: dict[str, list[TokenLogprob]] = field(default_factory=dict)
+    #: prompt-token logprobs computed this step, by sequence id (``params.prompt_logprobs`` set)
+    prompt_logprobs: dict[str, PromptLogprobs] = field(default_factory=dict)
 
 
 class StepSampler:
@@ -94,6 +98,8 @@ class StepSampler:
             generators=tuple(self._generator(s) for s in seqs),
             bitmask=bitmask,
             masked_rows=masked,
+            min_ps=tuple(s.params.min_p for s in seqs),
+            adjust=logits_adjust(seqs, logits.shape[-1], logits.device),
         )
         tokens = sample(x, batch, self._default_generator)
         return {seq.seq_id: [t] for seq, t in zip(seqs, tokens)}
@@ -116,3 +122,41 @@ class StepSampler:
         for owner, value in zip(owners, values):
             out.setdefault(owner, []).append(value)
         return out
+
+
+def _penalized(seq: Sequence) -> bool:
+    p = seq.params
+    return bool(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0)
+
+
+def logits_adjust(seqs: list[Sequence], vocab_size: int, device: torch.device) -> LogitsAdjust | None:
+    """The penalties, biases and bans of a step whose row i samples for ``seqs[i]`` (None if there are none).
+    Python walks only the rows that use these features, to gather token ids; the math is batched."""
+    rows, token_ids, values = [], [], []
+    for i, s in enumerate(seqs):
+        if not s.params.has_logits_adjust:
+            continue
+        banned = banned_by_bad_words(s.output_token_ids, s.bad_words_token_ids) if s.bad_words_token_ids else []
+        if s.num_output_tokens < s.params.min_tokens:
+            banned += s.min_tokens_stop_ids
+        pairs = [*s.params.logit_bias, *((t, float("-inf")) for t in banned)]
+        rows += [i] * len(pairs)
+        token_ids += [t for t, _ in pairs]
+        values += [v for _, v in pairs]
+    penalized = [i for i, s in enumerate(seqs) if _penalized(s)]
+    if not rows and not penalized:
+        return None
+    penalties = None
+    if penalized:
+        chosen = [seqs[i] for i in penalized]
+        penalties = PenaltyBatch(
+            rows=torch.tensor(penalized, device=device),
+            presence=torch.tensor([s.params.presence_penalty for s in chosen], device=device),
+            frequency=torch.tensor([s.params.frequency_penalty for s in chosen], device=device),
+            repetition=torch.tensor([s.params.repetition_penalty for s in chosen], device=device),
+            output_counts=token_counts([s.output_token_ids for s in chosen], vocab_size, device),
+            prompt_mask=token_counts([s.prompt_token_ids for s in chosen], vocab_size, device) > 0,
+        )
+    return LogitsAdjust(torch.tensor(rows, dtype=torch.long, device=device),
+                        torch.tensor(token_ids, dtype=torch.long, device=device),
+                        torch.tensor(values, dtype=torch.float32, device=device), penalties)

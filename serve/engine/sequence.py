@@ -71,6 +71,10 @@ class Sequence:
     forks: list["Sequence"] = field(default_factory=list)  #: choices still waiting for this one's prompt
     draft_token_ids: list[int] = field(default_factory=list)  #: speculated next tokens to verify this step
     guide: Any = None  #: grammar state when decoding is constrained (``serve.engine.structured.Guide``)
+    #: token sequences this choice never generates: ``params.bad_words`` tokenized plus ``bad_words_token_ids``
+    bad_words_token_ids: tuple[tuple[int, ...], ...] = ()
+    #: token ids masked while fewer than ``params.min_tokens`` were generated (EOS unless ignored, stop ids)
+    min_tokens_stop_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.token_ids:

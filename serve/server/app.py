@@ -75,7 +75,7 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
         adapter = adapter_for(req.model)
         prompts = prompt_ids(engine, req.prompt)
         params = sampling_params(req, req.max_tokens, prompts, engine.layout.max_model_len,
-                                 structured_output(req.response_format))
+                                 structured_output(req.response_format), engine.layout.vocab_size)
         rid = f"cmpl-{uuid.uuid4().hex}"
         for p in prompts:
             engine.check_request(p, adapter)
@@ -102,7 +102,8 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
         prompt = prompt_token_ids(engine.tokenizer, messages, plan, req.add_generation_prompt)
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        params = sampling_params(req, max_tokens, [prompt], engine.layout.max_model_len, structured)
+        params = sampling_params(req, max_tokens, [prompt], engine.layout.max_model_len, structured,
+                                 engine.layout.vocab_size)
         engine.check_request(prompt, adapter)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:

@@ -28,6 +28,11 @@ class _SamplingFields(BaseModel):
     n: int = 1
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # vLLM extension
+    min_p: float = 0.0  # vLLM extension
+    logit_bias: dict[str, float] | None = None  # token id (as a JSON key) -> bias in [-100, 100]
+    bad_words: list[str] | None = None  # vLLM extension
+    min_tokens: int = 0  # vLLM extension
     user: str | None = None
     response_format: dict[str, Any] | None = None  # {"type": "text" | "json_object" | "json_schema", ...}
     num_speculative_tokens: int | None = None  # lorafleet extension: prompt-lookup drafts per step (0 off)

@@ -22,10 +22,32 @@ class PromptUsage:
 
 
 def reject_unsupported(req: CompletionRequest | ChatCompletionRequest) -> None:
-    if req.presence_penalty or req.frequency_penalty:
-        raise HTTPError(400, "presence_penalty and frequency_penalty are not supported", "presence_penalty")
     if isinstance(req, CompletionRequest) and (req.echo or req.suffix):
         raise HTTPError(400, "echo and suffix are not supported", "echo" if req.echo else "suffix")
+
+
+def logit_bias(raw: dict[str, float] | None, vocab_size: int | None) -> tuple[tuple[int, float], ...]:
+    """OpenAI's ``logit_bias`` (token id as a JSON key → bias) as (id, bias) pairs; 400 naming the field for a
+    key that is not a token id of the vocabulary."""
+    pairs = []
+    for key, bias in (raw or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise HTTPError(400, f"logit_bias keys must be token ids, got {key[:40]!r}", "logit_bias") from None
+        if token < 0 or (vocab_size is not None and token >= vocab_size):
+            raise HTTPError(400, f"logit_bias: token id {token} is outside the vocabulary [0, {vocab_size})",
+                            "logit_bias")
+        pairs.append((token, float(bias)))
+    return tuple(pairs)
+
+
+def logits_controls(req: CompletionRequest | ChatCompletionRequest, vocab_size: int | None) -> dict:
+    """SamplingParams keyword arguments of the penalty, bias and ban fields (checked by SamplingParams)."""
+    return dict(presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+                repetition_penalty=req.repetition_penalty, min_p=req.min_p,
+                logit_bias=logit_bias(req.logit_bias, vocab_size), bad_words=tuple(req.bad_words or ()),
+                min_tokens=req.min_tokens)
 
 
 def prompt_ids(engine: AsyncEngine, prompt) -> list[list[int]]:
@@ -51,7 +73,8 @@ def requested_logprobs(req: CompletionRequest | ChatCompletionRequest) -> int | 
 
 
 def sampling_params(req: CompletionRequest | ChatCompletionRequest, max_tokens: int | None, prompts: list[list[int]],
-                    max_model_len: int, structured: StructuredOutput | None = None) -> SamplingParams:
+                    max_model_len: int, structured: StructuredOutput | None = None,
+                    vocab_size: int | None = None) -> SamplingParams:
     longest = max(len(p) for p in prompts)
     if longest >= max_model_len:
         raise HTTPError(400, f"This model's maximum context length is {max_model_len} tokens, but the prompt has "
@@ -68,7 +91,8 @@ def sampling_params(req: CompletionRequest | ChatCompletionRequest, max_tokens: 
                               seed=req.seed, stop=stop, stop_token_ids=tuple(req.stop_token_ids or ()),
                               ignore_eos=req.ignore_eos, skip_special_tokens=req.skip_special_tokens, n=req.n,
                               logprobs=requested_logprobs(req), structured=structured,
-                              num_speculative_tokens=req.num_speculative_tokens)
+                              num_speculative_tokens=req.num_speculative_tokens,
+                              **logits_controls(req, vocab_size))
     except ConfigError as e:
         raise HTTPError(400, str(e), str(e).split(" ", 1)[0]) from None
 
