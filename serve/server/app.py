@@ -28,6 +28,7 @@ from serve.server.logprobs_format import TokenStrings, chat_logprobs, completion
 from serve.server.metrics import ServerMetrics
 from serve.server.protocol import ChatCompletionRequest, CompletionRequest, LoadLoraAdapterRequest, UnloadLoraAdapterRequest
 from serve.server.response_format import structured_output
+from serve.server.tokenization import add_tokenize_routes
 from serve.server.tools import ToolPlan, finish_reason, parse_tool_calls, plan_tools, prompt_token_ids
 from serve.server.translate import prompt_ids, reject_unsupported, sampling_params, usage
 
@@ -59,6 +60,8 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
         if model in engine.adapter_paths:
             return model
         raise NotFoundError(f"model '{model}' does not exist; see /v1/models")
+
+    add_tokenize_routes(app, engine.tokenizer, engine.layout.vocab_size, engine.layout.max_model_len, adapter_for)
 
     # -- OpenAI endpoints -------------------------------------------------------------------------------
     @app.get("/v1/models")

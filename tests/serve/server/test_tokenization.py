@@ -1,0 +1,48 @@
+"""``/tokenize`` and ``/detokenize`` on a real ``lorafleet serve``: vLLM's JSON, ids equal to the HF tokenizer's
+and to what the chat endpoint counts as the prompt."""
+
+from __future__ import annotations
+
+import pytest
+
+from lorafleet.chat import chat_token_ids
+
+CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_tokenize_prompt_equals_hf(http, server, tokenizer) -> None:
+    text = "Les mathématiques sont 🌍 fun"
+    r = http.post("/tokenize", json={"model": server.model, "prompt": text})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ids = tokenizer(text).input_ids
+    assert body == {"count": len(ids), "max_model_len": 1024, "tokens": ids}
+    strs = http.post("/tokenize", json={"prompt": text, "return_token_strs": True}).json()["token_strs"]
+    assert strs == tokenizer.convert_ids_to_tokens(ids)
+
+
+def test_tokenize_messages_equals_the_chat_prompt(http, server, tokenizer) -> None:
+    body = http.post("/tokenize", json={"model": server.model, "messages": CAPITAL}).json()
+    assert body["tokens"] == chat_token_ids(tokenizer, CAPITAL)
+    chat = http.post("/v1/chat/completions", json={"model": server.model, "messages": CAPITAL, "max_tokens": 1}).json()
+    assert chat["usage"]["prompt_tokens"] == body["count"]
+    no_gen = http.post("/tokenize", json={"messages": CAPITAL, "add_generation_prompt": False}).json()
+    assert no_gen["tokens"] == chat_token_ids(tokenizer, CAPITAL, add_generation_prompt=False)
+    assert no_gen["count"] < body["count"]
+
+
+def test_detokenize_round_trips(http, server, tokenizer) -> None:
+    ids = tokenizer("The capital of France is Paris.").input_ids
+    r = http.post("/detokenize", json={"model": server.model, "tokens": ids})
+    assert r.json() == {"prompt": "The capital of France is Paris."}
+
+
+@pytest.mark.parametrize(("path", "body", "status", "param"), [
+    ("/detokenize", {"tokens": [49152]}, 400, "tokens"),
+    ("/tokenize", {"model": "nope", "prompt": "x"}, 404, None),
+    ("/tokenize", {"prompt": "x", "bogus": 1}, 400, None),
+])
+def test_bad_requests(http, path, body, status, param) -> None:
+    r = http.post(path, json=body)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["param"] == param or param is None
