@@ -61,10 +61,11 @@ def prompt_blocks(tokenizer, system_prompt: str) -> int:
 
 
 # -- processes ---------------------------------------------------------------------------------------------
-def replica_spec(i: int, model: Path, num_kv_blocks: int, cfg: RoutingBenchConfig, logs: Path) -> ServerSpec:
+def replica_spec(i: int, model: Path, num_kv_blocks: int, cfg: RoutingBenchConfig, logs: Path, adapter_root: Path) -> ServerSpec:
     argv = [sys.executable, "-m", "lorafleet.cli", "serve", "--model", str(model), "--served-model-name", MODEL_NAME,
             "--host", "127.0.0.1", "--port", "{port}", "--num-kv-blocks", str(num_kv_blocks), "--max-model-len", "1024",
-            "--max-loras", str(cfg.max_adapters), "--max-lora-rank", "8", "--num-threads", "1", "--log-level", "warning"]
+            "--max-loras", str(cfg.max_adapters), "--max-lora-rank", "8", "--num-threads", "1", "--log-level", "warning",
+            "--allow-runtime-lora", str(adapter_root)]  # the gateway loads the tenants' adapters on demand
     return ServerSpec(f"replica-{i}", argv, {}, logs / f"routing-replica-{i}.log", start_timeout_s=600)
 
 
@@ -181,7 +182,8 @@ def run(cfg: RoutingBenchConfig) -> dict:
     lora: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="lorafleet-bench-routing-") as tmp, ExitStack() as stack:
         with console.status("starting two lorafleet serve replicas"):
-            replicas = [stack.enter_context(ManagedServer(replica_spec(i, model, num_kv_blocks, cfg, logs))) for i in range(2)]
+            replicas = [stack.enter_context(ManagedServer(replica_spec(i, model, num_kv_blocks, cfg, logs,
+                                                                        next(iter(adapters.values())).parent))) for i in range(2)]
         urls = [r.base_url for r in replicas]
         for k, policy in enumerate(("round_robin", "prefix_aware")):
             with console.status(f"prefix run: {policy}"), ManagedServer(gateway_spec(policy, urls, adapters, cfg, Path(tmp), logs)) as gw:

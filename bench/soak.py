@@ -36,6 +36,7 @@ import yaml
 from bench.load import read_records, run as run_locust
 from bench.reliability import record_soak
 from lorafleet.atomic import write_json
+from lorafleet.config import lorafleet_home
 from lorafleet.processes import ManagedServer, ServerSpec
 from bench.soak_figures import metric_total, parse_prometheus, summarize, think_time_for
 from lorafleet.config.load import LoadConfig
@@ -74,7 +75,8 @@ def start_fleet(cfg: SoakConfig, stack: ExitStack) -> Fleet:
     work.mkdir(parents=True, exist_ok=True)
     replicas = [ManagedServer(ServerSpec(f"replica-{i}", _lorafleet(
         "serve", "--model", cfg.model, "--host", "127.0.0.1", "--port", "{port}", "--num-kv-blocks", str(cfg.num_kv_blocks),
-        "--max-loras", str(cfg.max_adapters), "--num-threads", str(cfg.num_threads), "--log-level", "warning"),
+        "--max-loras", str(cfg.max_adapters), "--num-threads", str(cfg.num_threads), "--log-level", "warning",
+        "--allow-runtime-lora", str(lorafleet_home() / "bench" / "soak-adapters")),  # where _adapters makes them
         {}, logs / f"replica-{i}.log", start_timeout_s=600)) for i in range(cfg.replicas)]
     with ThreadPoolExecutor(cfg.replicas + 1) as pool:
         started = [pool.submit(r.__enter__) for r in replicas]

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from lorafleet.config import EngineConfig, ServerConfig
+from lorafleet.config import API_KEY_ENV, EngineConfig, ServerConfig
 from lorafleet.errors import LorafleetError
 
 app = typer.Typer(help="lorafleet: train adapters, optimize checkpoints, serve multi-LoRA, benchmark.",
@@ -117,6 +117,10 @@ def serve(
     prompt_lookup_max: int = opt(EngineConfig, "prompt_lookup_max"),
     prompt_lookup_min: int = opt(EngineConfig, "prompt_lookup_min"),
     log_level: str = opt(ServerConfig, "log_level"),
+    api_key: Optional[str] = opt(ServerConfig, "api_key", envvar=API_KEY_ENV, show_envvar=False),
+    allow_runtime_lora: list[str] = typer.Option([], "--allow-runtime-lora", metavar="ROOT",
+                                                 help=_help(ServerConfig, "allowed_lora_roots") + " (repeatable)"),
+    max_body_bytes: int = opt(ServerConfig, "max_body_bytes"),
 ) -> None:
     """Serve a model with the embedded engine behind an OpenAI-compatible API."""
     modules = []
@@ -135,7 +139,8 @@ def serve(
                        num_speculative_tokens=num_speculative_tokens, prompt_lookup_max=prompt_lookup_max,
                        prompt_lookup_min=prompt_lookup_min)
     server_cfg = build(ServerConfig, host=host, port=port, served_model_name=served_model_name,
-                       lora_modules=tuple(modules), log_level=log_level)
+                       lora_modules=tuple(modules), log_level=log_level, api_key=api_key,
+                       allowed_lora_roots=tuple(allow_runtime_lora), max_body_bytes=max_body_bytes)
     call("serve.server.main:run", engine_cfg, server_cfg)
 
 

@@ -7,6 +7,7 @@ written to afterwards; facts known only at runtime (KV block count, EOS ids) liv
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,6 +108,23 @@ class EngineConfig:
             raise ConfigError("; ".join(problems))
 
 
+#: The one rule for adapter names, on ``lorafleet serve`` (``--lora-module``, ``/v1/load_lora_adapter``) and in the
+#: gateway's config: a name is a ``model`` value and ends up in metric labels and logs, so no path separators,
+#: no leading dot, no whitespace or control characters.
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
+#: Default of ``--max-body-bytes``: above the gateway's 4 MiB default, which templates may expand upstream.
+DEFAULT_MAX_BODY_BYTES = 16 * 2**20
+#: Where ``lorafleet serve`` reads ``--api-key`` from when the flag is not given (vLLM reads ``VLLM_API_KEY``).
+API_KEY_ENV = "LORAFLEET_API_KEY"
+
+
+def adapter_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a valid adapter name, or None if it is."""
+    if ADAPTER_NAME.match(name):
+        return None
+    return f"adapter name {name[:80]!r} must match {ADAPTER_NAME.pattern} (letters, digits and . _ : @ + -, starting with a letter or digit)"
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = field(default="127.0.0.1", metadata={"help": "Address to bind."})
@@ -114,13 +132,31 @@ class ServerConfig:
     served_model_name: str | None = field(default=None, metadata={"help": "Model id clients use (default: checkpoint dir name)."})
     lora_modules: tuple[tuple[str, str], ...] = field(default=(), metadata={"help": "Adapters to load at start, as (name, path)."})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level."})
+    api_key: str | None = field(default=None, repr=False, metadata={
+        "help": f"Bearer token required on /v1/* (as vLLM's --api-key; compared in constant time); "
+                f"default: ${API_KEY_ENV}. /health and /metrics stay open."})
+    allowed_lora_roots: tuple[str, ...] = field(default=(), metadata={
+        "help": "Directories runtime adapter loading (/v1/load_lora_adapter, /v1/unload_lora_adapter) may read from; "
+                "with none, runtime loading is off. Paths that resolve outside them, through symlinks too, are refused."})
+    max_body_bytes: int = field(default=DEFAULT_MAX_BODY_BYTES, metadata={
+        "help": "Largest request body in bytes; larger ones get 413 before they are read."})
 
     def __post_init__(self) -> None:
+        problems = []
         if not 0 < self.port < 65536:
-            raise ConfigError(f"port must be in 1..65535, got {self.port}")
+            problems.append(f"port must be in 1..65535, got {self.port}")
         names = [n for n, _ in self.lora_modules]
         if len(set(names)) != len(names):
-            raise ConfigError(f"duplicate adapter names in lora_modules: {names}")
+            problems.append(f"duplicate adapter names in lora_modules: {names}")
+        problems += [why for n in names if (why := adapter_name_problem(n)) is not None]
+        if self.api_key is not None and not self.api_key.strip():
+            problems.append("api_key must not be empty")
+        if self.max_body_bytes < 1024:
+            problems.append(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
+        if any(not r for r in self.allowed_lora_roots):
+            problems.append("allowed_lora_roots must not hold empty paths")
+        if problems:
+            raise ConfigError("; ".join(problems))
 
 
 @dataclass(frozen=True, slots=True)

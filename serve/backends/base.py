@@ -34,7 +34,10 @@ class BackendSpec:
     served_model: str | None = None  #: the engine's own name for it, if different (vLLM started with a path)
     weight: float = 1.0  #: relative capacity for routing
     max_adapters: int = 4  #: adapters the gateway keeps loaded there at once (LRU-unloaded beyond)
-    api_key: str | None = None  #: bearer token the engine expects, if any
+    api_key: str | None = field(default=None, repr=False)  #: bearer token the engine expects (its --api-key), if any
+    #: embedded only: directories the engine may load adapters from at runtime (its --allow-runtime-lora); the
+    #: gateway fills in its own ``adapter_roots`` when this is empty
+    adapter_roots: tuple[str, ...] = ()
     connect_timeout_s: float = 2.0  #: TCP connect timeout of every call
     health_timeout_s: float = 2.0  #: timeout of /health, /metrics and /v1/models calls
     admin_timeout_s: float = 120.0  #: timeout of adapter load/unload calls (loading reads weights from disk)
@@ -68,6 +71,8 @@ class BackendSpec:
             problems.append(f"backend '{self.name}': timeouts must be positive")
         if self.launch_args and self.kind != "embedded":
             problems.append(f"backend '{self.name}': launch_args are only for kind 'embedded'")
+        if self.adapter_roots and self.kind != "embedded":
+            problems.append(f"backend '{self.name}': adapter_roots are only for kind 'embedded'")
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -78,6 +83,8 @@ class BackendSpec:
         out: dict[str, Any] = {}
         if "launch_args" in data:
             out["launch_args"] = tuple(data["launch_args"] or ())
+        if "adapter_roots" in data:
+            out["adapter_roots"] = tuple(str(r) for r in data["adapter_roots"] or ())
         if isinstance(data.get("engine"), Mapping):
             try:
                 out["engine"] = EngineConfig(**data["engine"])
@@ -148,6 +155,12 @@ class UpstreamError(BackendError):
         super().__init__(message, retryable=status >= 500)
         self.status = status
         self.body = dict(body or {})
+
+    @property
+    def param(self) -> str | None:
+        """The field the engine's OpenAI error body names, so a 400 keeps naming it through the gateway."""
+        err = self.body.get("error")
+        return str(err["param"]) if isinstance(err, Mapping) and err.get("param") is not None else None
 
 
 class Backend(ABC):

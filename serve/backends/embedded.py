@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from lorafleet.config import API_KEY_ENV
 from lorafleet.errors import BackendError
 from serve.backends.base import BackendSpec
 from serve.backends.inprocess import InProcessServer
@@ -45,8 +46,9 @@ class EmbeddedBackend(VLLMBackend):
         parts = urlsplit(self.spec.url)
         exe = Path(sys.executable).with_name("lorafleet")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "lorafleet.cli"]
+        roots = [arg for root in self.spec.adapter_roots for arg in ("--allow-runtime-lora", root)]
         return [*cmd, "serve", "--host", parts.hostname or "127.0.0.1", "--port", str(parts.port or 80),
-                "--served-model-name", self.spec.upstream_model, *self.spec.launch_args]
+                "--served-model-name", self.spec.upstream_model, *roots, *self.spec.launch_args]
 
     async def start(self) -> None:
         if self.server is not None:
@@ -56,8 +58,10 @@ class EmbeddedBackend(VLLMBackend):
         if not self.spec.launch_args or self.process is not None:
             return
         # Its own session, so stopping it also stops its engine worker process.
+        # The key goes in the environment, not on the command line, where any local user could read it.
+        env = {**os.environ, API_KEY_ENV: self.spec.api_key} if self.spec.api_key else None
         self.process = subprocess.Popen(self.launch_command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True)
+                                        start_new_session=True, env=env)
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -93,7 +93,8 @@ class InProcessServer:
         from serve.server.app import build_app
 
         engine = await asyncio.to_thread(self._load_engine)
-        app = build_app(engine, ServerConfig(served_model_name=self.spec.upstream_model))
+        app = build_app(engine, ServerConfig(served_model_name=self.spec.upstream_model,
+                                             allowed_lora_roots=self.spec.adapter_roots))
         self._lifespan = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
                                                  self._lifespan_inbox.get, self._lifespan_events.put))
         await self._lifespan_inbox.put({"type": "lifespan.startup"})

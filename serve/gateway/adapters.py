@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lorafleet.errors import BackendError, NotFoundError
 from serve.backends.base import UpstreamError
-from serve.gateway.adapter_files import check_adapter_dir
+from serve.adapter_files import check_adapter_dir
 from serve.gateway.config import AdapterSpec
 from serve.gateway.fleet import Replica
 from serve.gateway.metrics import GatewayMetrics

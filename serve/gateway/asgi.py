@@ -23,6 +23,9 @@ from serve.gateway.state import GatewayState
 log = logging.getLogger("lorafleet.gateway")
 GENERATION_PATHS = {e.value: e for e in Endpoint}
 WATCH_AFTER_S = 0.02  #: see ClientWatch
+#: most bytes of request headers (names and values): uvicorn's httptools parser sets no limit of its own, and
+#: ``lorafleet serve`` refuses the same (431)
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class ClientWatch:
@@ -85,6 +88,9 @@ class GatewayApp:
         return self.api.state
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
+            await send_error(send, GatewayError(431, f"request headers are larger than {MAX_HEADER_BYTES} bytes"))
+            return
         endpoint = GENERATION_PATHS.get(scope.get("path")) if scope["type"] == "http" else None
         if endpoint is None or scope["method"] != "POST":
             await self.api(scope, receive, send)

@@ -6,7 +6,7 @@ listing them all. Example::
 
     server: {host: 127.0.0.1, port: 9000}
     backends:
-      - {name: r0, kind: vllm, url: http://127.0.0.1:8001, base_model: smollm2, max_adapters: 4}
+      - {name: r0, kind: vllm, url: http://127.0.0.1:8001, base_model: smollm2, max_adapters: 4, api_key_env: R0_KEY}
     adapter_roots: [/srv/adapters]
     adapters:
       - {name: sql, path: sql-v2, base_model: smollm2}      # relative to a root
@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorafleet.config import adapter_name_problem
 from lorafleet.errors import ConfigError
 from lorafleet.templates import CompiledTemplate, load_compiled_templates
+from serve.adapter_files import check_adapter_dir
 from serve.backends.base import BackendSpec
-from serve.gateway.adapter_files import check_adapter_dir
 from serve.gateway.auth import KeySpec, hash_key
 from serve.gateway.discovery import DiscoverySpec, parse_discovery
 from serve.routing import DEFAULT_POLICY, make_policy
@@ -52,6 +53,10 @@ class AdapterSpec:
     name: str  #: the ``model`` value clients use
     path: Path  #: adapter directory, as every replica of ``base_model`` can read it
     base_model: str
+
+    def __post_init__(self) -> None:
+        if (why := adapter_name_problem(self.name)) is not None:  # the rule `lorafleet serve` applies too
+            raise ConfigError(why)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +149,18 @@ def _build(cls: type, data: Any, where: str, problems: list[str], **override: An
         return None
 
 
-def _backend(data: Any, where: str, problems: list[str]) -> BackendSpec | None:
+def _backend(data: Any, where: str, problems: list[str], env: Mapping[str, str]) -> BackendSpec | None:
+    """A backend entry; ``api_key_env`` names a variable holding the engine's key (kept out of the YAML)."""
+    if isinstance(data, Mapping) and "api_key_env" in data:
+        data = dict(data)
+        name = str(data.pop("api_key_env"))
+        if "api_key" in data:
+            problems.append(f"{where}: give api_key or api_key_env, not both")
+            return None
+        if not env.get(name):
+            problems.append(f"{where}: environment variable {name} (api_key_env) is not set")
+            return None
+        data["api_key"] = env[name]
     try:
         converted = BackendSpec.converted(data) if isinstance(data, Mapping) else {}
     except ConfigError as e:
@@ -194,7 +210,7 @@ def parse_config(raw: Any, base_dir: Path = Path("."), env: Mapping[str, str] | 
             problems.append(str(e))
     backends = []
     for i, b in enumerate(raw.get("backends") or []):
-        backends.append(_backend(b, f"backends[{i}]", problems))
+        backends.append(_backend(b, f"backends[{i}]", problems, env))
     roots = tuple((base_dir / str(r)).resolve() for r in raw.get("adapter_roots") or [])
     for r in roots:
         if not r.is_dir():

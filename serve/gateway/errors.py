@@ -18,7 +18,7 @@ from serve.gateway.adapters import AdapterLoadError
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 408: "timeout_error", 409: "conflict_error", 413: "invalid_request_error",
-               429: "rate_limit_error", 499: "client_closed_request", 500: "internal_server_error",
+               429: "rate_limit_error", 431: "invalid_request_error", 499: "client_closed_request", 500: "internal_server_error",
                502: "bad_gateway", 503: "service_unavailable", 504: "gateway_timeout"}
 
 

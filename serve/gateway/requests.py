@@ -69,7 +69,7 @@ def parse_request(raw: bytes, endpoint: Endpoint) -> ClientRequest:
     """Parse and minimally validate; GatewayError(400) names the problem."""
     try:
         body = json.loads(raw)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # (RecursionError: arrays or objects nested past the parser's depth)
         raise GatewayError(400, f"malformed JSON body: {e}") from None
     if not isinstance(body, dict):
         raise GatewayError(400, "the request body must be a JSON object")

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 import uuid
+import dataclasses
 from dataclasses import dataclass, field
 
 from serve.backends import BackendSpec, make_backend
@@ -59,7 +60,10 @@ class GatewayState:
         return f"gw-{self.instance_id}-{next(self._request_ids)}"
 
     def add_backend(self, spec: BackendSpec) -> Replica:
-        """Register a replica (not yet healthy: the next health check admits it)."""
+        """Register a replica (not yet healthy: the next health check admits it). An embedded engine the
+        gateway runs (launched or in-process) may load adapters at runtime from the gateway's adapter roots."""
+        if spec.kind == "embedded" and not spec.adapter_roots and (spec.launch_args or spec.engine is not None):
+            spec = dataclasses.replace(spec, adapter_roots=tuple(str(r) for r in self.cfg.adapter_roots))
         replica = Replica(spec, make_backend(spec))
         self.fleet.add(replica)
         self.adapters.add_replica(spec.name, spec.max_adapters)

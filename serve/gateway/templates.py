@@ -44,7 +44,7 @@ def parse_templated_request(templates: tuple[CompiledTemplate, ...], raw: bytes,
         return parse_request(raw, endpoint)
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return parse_request(raw, endpoint)  # raises its usual 400
     if not isinstance(body, dict) or FIELD not in body:
         return parse_request(raw, endpoint)

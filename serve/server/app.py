@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 import json
 import time
 import uuid
@@ -21,16 +22,20 @@ from lorafleet.config import ServerConfig
 from lorafleet.errors import LorafleetError, NotFoundError
 from serve.engine.async_engine import AsyncEngine
 from serve.engine.sampling_params import SamplingParams
+from serve.server.bounds import RequestBounds, check_fields, check_prompt_chars, check_token_ids, message_chars, prompt_chars
 from serve.server.chat_deltas import ChoiceDeltas
 from serve.server.errors import HTTPError, error_body, install_error_handlers, status_of
 from serve.server.generation import PromptRun, merged, run_all
-from serve.server.logprobs_format import TokenStrings, chat_logprobs, completion_logprobs
+from serve.server.guard import RequestGuard
+from serve.server.echo import completion_choices
+from serve.server.logprobs_format import TokenStrings, chat_logprobs, completion_logprobs, prompt_logprobs_json
 from serve.server.metrics import ServerMetrics
 from serve.server.protocol import ChatCompletionRequest, CompletionRequest, LoadLoraAdapterRequest, UnloadLoraAdapterRequest
 from serve.server.response_format import structured_output
+from serve.server.runtime_lora import allowed_adapter_dir, require_enabled
 from serve.server.tokenization import add_tokenize_routes
 from serve.server.tools import ToolPlan, finish_reason, parse_tool_calls, plan_tools, prompt_token_ids
-from serve.server.translate import prompt_ids, reject_unsupported, sampling_params, usage
+from serve.server.translate import completion_max_tokens, prompt_ids, reject_unsupported, sampling_params, usage
 
 
 def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
@@ -41,6 +46,14 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
                             engine.engine_cfg.enable_prefix_caching)
     created = int(time.time())
     strings = TokenStrings(engine.tokenizer)
+    bounds = RequestBounds.of(engine.tokenizer, engine.layout.vocab_size, engine.layout.max_model_len)
+    lora_roots = tuple(Path(r).resolve() for r in cfg.allowed_lora_roots)
+    # Tokenizing (a chat template, a long prompt) runs here, off the event loop, so other requests are served
+    # meanwhile. One thread: HF fast tokenizers may reconfigure themselves per call and are not safe to share.
+    tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
+
+    async def tokenized(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(tokenize_pool, fn, *args)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -49,6 +62,7 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
             await engine.load_adapter(name, Path(path))
         yield
         await engine.shutdown()
+        tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="lorafleet engine", version="0.1.0", lifespan=lifespan)
     app.state.engine, app.state.metrics, app.state.model_name = engine, metrics, model_name
@@ -75,9 +89,13 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, raw: Request):
         reject_unsupported(req)
+        check_fields(req, bounds)
+        check_prompt_chars(prompt_chars(req.prompt), bounds, "prompt")
         adapter = adapter_for(req.model)
-        prompts = prompt_ids(engine, req.prompt)
-        params = sampling_params(req, req.max_tokens, prompts, engine.layout.max_model_len,
+        prompts = await tokenized(prompt_ids, engine, req.prompt)
+        for p in prompts:
+            check_token_ids(p, bounds, "prompt")
+        params = sampling_params(req, completion_max_tokens(req), prompts, engine.layout.max_model_len,
                                  structured_output(req.response_format), engine.layout.vocab_size)
         rid = f"cmpl-{uuid.uuid4().hex}"
         for p in prompts:
@@ -86,15 +104,15 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _sse(_stream_completion(engine, metrics, strings, rid, prompts, params, adapter, req.model, include_usage))
         runs = await _until_disconnect(raw, run_all(engine, metrics, rid, prompts, params, adapter))
-        choices = [{"index": i * params.n + j, "text": c.text, "finish_reason": c.finish_reason,
-                    "logprobs": completion_logprobs(strings, c.logprobs) if params.logprobs is not None else None}
-                   for i, run in enumerate(runs) for j, c in enumerate(run.choices)]
+        choices = completion_choices(strings, engine.tokenizer, req, prompts, runs, params)
         return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": req.model,
                 "choices": choices, "usage": usage([r.usage for r in runs])}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, raw: Request):
         reject_unsupported(req)
+        check_fields(req, bounds)
+        check_prompt_chars(message_chars(req.messages), bounds, "messages")
         plan = plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls)
         structured = structured_output(req.response_format)
         if plan is not None and plan.structured is not None:
@@ -103,7 +121,7 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
             structured = plan.structured
         adapter = adapter_for(req.model)
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
-        prompt = prompt_token_ids(engine.tokenizer, messages, plan, req.add_generation_prompt)
+        prompt = await tokenized(prompt_token_ids, engine.tokenizer, messages, plan, req.add_generation_prompt)
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         params = sampling_params(req, max_tokens, [prompt], engine.layout.max_model_len, structured,
                                  engine.layout.vocab_size)
@@ -124,20 +142,24 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
             choices.append({"index": j, "message": message, "finish_reason": finish_reason(c.finish_reason, plan, bool(calls)),
                             "logprobs": chat_logprobs(strings, c.logprobs) if params.logprobs is not None else None})
         return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": req.model,
-                "choices": choices, "usage": usage([run.usage])}
+                "choices": choices, "usage": usage([run.usage]),
+                **({"prompt_logprobs": prompt_logprobs_json(strings, run.prompt_logprobs)}
+                   if params.prompt_logprobs is not None else {})}
 
     # -- adapters (same JSON as vLLM's runtime LoRA endpoints) -------------------------------------------
     @app.post("/v1/load_lora_adapter")
     async def load_lora_adapter(req: LoadLoraAdapterRequest):
+        path = allowed_adapter_dir(req.lora_name, req.lora_path, lora_roots)
         if req.lora_name in engine.adapter_paths:
             raise HTTPError(400, f"The lora adapter '{req.lora_name}' has already been loaded.", "lora_name")
         if req.lora_name == model_name:
             raise HTTPError(400, f"adapter name '{req.lora_name}' collides with the base model name", "lora_name")
-        await engine.load_adapter(req.lora_name, Path(req.lora_path))
+        await engine.load_adapter(req.lora_name, path)
         return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' added successfully.")
 
     @app.post("/v1/unload_lora_adapter")
     async def unload_lora_adapter(req: UnloadLoraAdapterRequest):
+        require_enabled(lora_roots)
         if not await engine.unload_adapter(req.lora_name):
             raise HTTPError(409, f"adapter '{req.lora_name}' is serving requests; retry when they finish", "lora_name")
         return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' removed successfully.")
@@ -153,7 +175,8 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
     async def prometheus_metrics():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(_CountErrors, metrics=metrics, model_name=model_name)
+    app.add_middleware(RequestGuard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
+    app.add_middleware(_CountErrors, metrics=metrics, model_name=model_name)  # (outermost: counts 401 and 413 too)
     return app
 
 

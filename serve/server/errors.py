@@ -5,12 +5,14 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lorafleet.errors import ArtifactError, BackendError, ConfigError, LorafleetError, NotFoundError
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
-               429: "rate_limit_error", 500: "internal_server_error", 503: "service_unavailable"}
+               404: "not_found_error", 408: "timeout_error", 409: "conflict_error", 413: "invalid_request_error",
+               429: "rate_limit_error", 431: "invalid_request_error", 500: "internal_server_error",
+               503: "service_unavailable"}
 
 
 class HTTPError(LorafleetError):
@@ -45,6 +47,11 @@ def install_error_handlers(app) -> None:
     @app.exception_handler(LorafleetError)
     async def _lorafleet(_: Request, exc: LorafleetError) -> JSONResponse:
         return error_response(status_of(exc), str(exc), getattr(exc, "param", None))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body it cannot parse, e.g. JSON nested past the parser's depth; 404, 405)
+        return error_response(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

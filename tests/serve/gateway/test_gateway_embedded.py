@@ -63,14 +63,17 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def replicas(base_model_path, tmp_path_factory):
-    """Two ``lorafleet serve`` processes, 2 adapter slots each, no adapters preloaded."""
+def replicas(base_model_path, lora_adapters, tmp_path_factory):
+    """Two ``lorafleet serve`` processes, 2 adapter slots each, no adapters preloaded; the gateway may load
+    them at runtime from the test adapters' directory."""
+    root = next(iter(lora_adapters.values())).parent
     ports = [_port(), _port()]
     log_dir = tmp_path_factory.mktemp("replicas")
     procs = []
     for i, port in enumerate(ports):
         with open(log_dir / f"r{i}.log", "wb") as log:
-            procs.append(subprocess.Popen(serve_command(port), stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(subprocess.Popen(serve_command(port, "--allow-runtime-lora", str(root)), stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True))
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     try:
         for url, proc in zip(urls, procs):

@@ -156,7 +156,7 @@ def test_load_refuses_bad_adapters(http: httpx.Client, server, lora_adapters: di
     shutil.copy(lora_adapters["a0"] / "adapter_config.json", pickle_only)
     (pickle_only / "adapter_model.bin").write_bytes(b"\x80\x04 not unpickled")
     cases = [
-        ({"lora_name": "p", "lora_path": str(pickle_only)}, "pickle weights (adapter_model.bin) are refused"),
+        ({"lora_name": "p", "lora_path": str(pickle_only)}, "holds pickle weights ['adapter_model.bin']; only safetensors are allowed"),
         ({"lora_name": "m", "lora_path": str(tmp_path / "missing")}, "is not a directory"),
         ({"lora_name": server.model, "lora_path": str(lora_adapters["a2"])}, "collides with the base model name"),
         ({"lora_name": "", "lora_path": "/x"}, "lora_name"),

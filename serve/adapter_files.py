@@ -1,7 +1,8 @@
-"""Checks of adapter directories before the gateway lets any engine load them: the path must lie under a
-configured adapter root (after resolving symlinks and ``..``; files inside it may not link out either), and the
-weights must be safetensors. The gateway checks at start-up and again before every load, so a directory
-swapped, deleted or corrupted since start-up is refused before any engine reads it.
+"""Checks of adapter directories before an engine loads one: the path must lie under a configured adapter root
+(after resolving symlinks and ``..``; files inside it may not link out either), and the weights must be
+safetensors. The gateway checks at start-up and again before every load, so a directory swapped, deleted or
+corrupted since start-up is refused before any engine reads it; ``lorafleet serve`` checks every runtime load
+against its ``--allow-runtime-lora`` roots.
 
 Pickle weights (``.bin``, ``.pt``...) can run code when loaded, so a directory that holds any is refused even
 if it also holds safetensors: an engine might prefer the pickle file.
