@@ -91,6 +91,7 @@ def cpu_stack(fresh_venv: Path, base_model_path: Path, lora_adapters: dict[str, 
 
     engine_args = replace_once(list(services["engine"]["command"]), "0.0.0.0", "127.0.0.1")
     engine_args = with_flag(engine_args, "--port", str(engine_port)) + ["--num-threads", THREADS]
+    engine_args = with_flag(engine_args, "--allow-runtime-lora", str(adapters))
     engine = start_process("engine", [exe, *engine_args], f"http://127.0.0.1:{engine_port}", work, env, home)
     try:  # the gateway starts once the engine is healthy, as compose's depends_on: service_healthy orders it
         wait_healthy(engine)

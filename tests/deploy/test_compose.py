@@ -55,6 +55,7 @@ def test_cpu_stack_wiring(tmp_path) -> None:
     assert disc.service == "engine" and disc.port == int(flag_value(engine_args, "--port"))
     assert disc.template.base_model == flag_value(engine_args, "--served-model-name")
     assert disc.template.max_adapters <= int(flag_value(engine_args, "--max-loras"))
+    assert flag_value(engine_args, "--allow-runtime-lora") == roots[0] == "/adapters"  # the gateway loads from there
     assert services["gateway"]["ports"] == [f"{cfg.server.port}:{cfg.server.port}"]
     assert services["gateway"]["environment"]["LORAFLEET_HEALTHCHECK_URL"] == f"http://127.0.0.1:{cfg.server.port}/health"
     assert _volumes(services["gateway"])["/etc/lorafleet/gateway.yaml"] == "./gateway.yaml"

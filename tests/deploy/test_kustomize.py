@@ -179,7 +179,9 @@ def test_probe_paths_answer_on_live_servers(overlays, cpu_stack) -> None:
 def test_engine_args_are_rendered_from_the_profiles(overlays) -> None:
     cpu = render_profile(DEPLOY / "profiles/smollm2-cpu.yaml", "embedded", MODEL)
     engine = container(one(overlays["cpu-dev"], "Deployment", "engine-smollm2"), "engine")
-    assert "command" not in engine and ["lorafleet", *engine["args"]] == [*cpu["command"], *cpu["args"]]
+    # the profile's flags, then where the gateway may have adapters loaded from (off unless given, issue #24)
+    assert "command" not in engine and ["lorafleet", *engine["args"]] == [*cpu["command"], *cpu["args"],
+                                                                          "--allow-runtime-lora", "/adapters"]
     gpu = render_profile(DEPLOY / "profiles/smollm2-gpu.yaml", "vllm", f"/models/{MODEL}")
     engine = container(one(overlays["gpu-prod"], "Deployment", "engine-smollm2"), "engine")
     assert engine["command"] == gpu["command"] and engine["args"] == gpu["args"]
