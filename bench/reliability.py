@@ -13,7 +13,9 @@ Sections and their keys (the issue's "done when" list first, details after):
 * ``fuzz``: ``cases, server_errors`` summed over the fuzzed servers (``targets``: gateway, engine), and the
   hypothesis property tests (``properties``);
 * ``security``: ``cases, refused`` over ``checks``;
-* ``durability``: ``kills, corrupt_latest, resumed`` over ``checks``.
+* ``durability``: ``kills, corrupt_latest, resumed`` over ``checks``;
+* ``hostile``: ``cases, server_errors, max_seconds`` over ``checks`` (hand-made hostile input to the engine
+  server and a gateway in front of it, issue #24: each check names its expected status and time bound).
 
 Case lists are merged by case name, so running a subset of a suite refreshes those cases and keeps the
 others; the totals are recomputed from the merged cases on every write.
@@ -111,14 +113,22 @@ def durability_totals(checks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "resumed": sum(int(c.get("resumed", 0)) for c in checks), "checks": list(checks)}
 
 
+def hostile_totals(checks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``cases`` = hostile requests sent, ``server_errors`` = answers of 500 or more (must be 0),
+    ``max_seconds`` = the slowest answer; ``passed`` = checks with their expected status within their bound."""
+    return {"cases": len(checks), "server_errors": sum(1 for c in checks if int(c.get("status") or 0) >= 500),
+            "max_seconds": round(max((float(c.get("seconds") or 0.0) for c in checks), default=0.0), 3),
+            "passed": sum(1 for c in checks if c.get("passed")), "checks": list(checks)}
+
+
 _CASE_SECTIONS: dict[str, tuple[str, Callable[[Sequence[Mapping[str, Any]]], dict[str, Any]]]] = {
     "faults": ("cases", fault_totals), "security": ("checks", security_totals),
-    "durability": ("checks", durability_totals),
+    "durability": ("checks", durability_totals), "hostile": ("checks", hostile_totals),
 }
 
 
 def record_cases(section: str, cases: Sequence[Mapping[str, Any]], path: Path | None = None) -> dict:
-    """Merge ``cases`` (each with a unique ``name``) into ``faults``, ``security`` or ``durability``."""
+    """Merge ``cases`` (each with a unique ``name``) into ``faults``, ``security``, ``durability`` or ``hostile``."""
     key, totals = _CASE_SECTIONS[section]
     return update_section(section, lambda old: totals(merge_cases(old.get(key, []), cases)), path)
 

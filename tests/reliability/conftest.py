@@ -45,7 +45,7 @@ def _passed(node) -> bool:
 @pytest.fixture(scope="session")
 def reliability_cases() -> Iterator[dict[str, list[dict]]]:
     """Cases collected by the session's tests, merged into the results file at its end."""
-    pending: dict[str, list[dict]] = {"faults": [], "security": [], "durability": []}
+    pending: dict[str, list[dict]] = {"faults": [], "security": [], "durability": [], "hostile": []}
     yield pending
     for section, cases in pending.items():
         if cases:

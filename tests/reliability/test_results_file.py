@@ -54,3 +54,12 @@ def test_short_soaks_never_replace_the_run_of_record(tmp_path: Path) -> None:
     path.write_text("{torn")
     update_section("faults", lambda old: {"injected": len(old)}, path)  # a torn file is replaced, not a crash
     assert read_results(path)["faults"]["injected"] == 0
+
+
+def test_hostile_totals_count_server_errors_and_the_slowest_answer(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    record_cases("hostile", [{"name": "a", "status": 400, "seconds": 0.01, "passed": True},
+                             {"name": "b", "status": 413, "seconds": 0.002, "passed": True}], path)
+    out = record_cases("hostile", [{"name": "b", "status": 502, "seconds": 1.5, "passed": False}], path)
+    assert (out["cases"], out["server_errors"], out["max_seconds"], out["passed"]) == (2, 1, 1.5, 1)
+    assert read_results(path)["hostile"]["checks"][1]["status"] == 502
