@@ -21,6 +21,7 @@ from serve.engine.async_engine import AsyncEngine, run_call, run_engine_step
 from serve.engine.commands import Call, Shutdown, StepOutputs, apply_command, describe_error, rebuild_error
 from serve.engine.engine import EngineStats
 from serve.engine.model_runner import EngineLayout
+from serve.engine.pipe_frames import FramedPipe
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class ProcessEngine(AsyncEngine):
         checkpoint = Path(ready.checkpoint)
         super().__init__(cfg, checkpoint, ready.layout, load_tokenizer(checkpoint), ready.stats)
         self._process, self._conn = process, conn
+        self._pipe: FramedPipe | None = None  #: the pipe once the event loop reads it (see pipe_frames.py)
         self._dead = False
 
     @classmethod
@@ -103,13 +105,14 @@ class ProcessEngine(AsyncEngine):
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._pipe = FramedPipe(self._conn, self._loop)
         self._loop.add_reader(self._conn.fileno(), self._on_readable)
 
     async def shutdown(self) -> None:
         if self._loop is not None and not self._dead:
             self._loop.remove_reader(self._conn.fileno())
         try:
-            self._conn.send(Shutdown())
+            self._write(Shutdown())
         except (BrokenPipeError, OSError):
             pass
         await asyncio.to_thread(self._process.join, 30)
@@ -121,16 +124,19 @@ class ProcessEngine(AsyncEngine):
     def is_alive(self) -> bool:
         return not self._dead and self._process.is_alive()
 
+    def _write(self, message) -> None:
+        (self._pipe.send if self._pipe is not None else self._conn.send)(message)
+
     def _send(self, message) -> None:
         try:
-            self._conn.send(message)
+            self._write(message)
         except (BrokenPipeError, OSError):
             self._on_worker_exit()
 
     def _on_readable(self) -> None:
         try:
-            while self._conn.poll():
-                self._on_message(self._conn.recv())
+            for message in self._pipe.receive():
+                self._on_message(message)
         except (EOFError, OSError):
             self._on_worker_exit()
 
@@ -140,5 +146,6 @@ class ProcessEngine(AsyncEngine):
         self._dead = True
         if self._loop is not None:
             self._loop.remove_reader(self._conn.fileno())
+            self._pipe.close()
         log.error("engine worker exited (code %s)", self._process.exitcode)
         self._fail_everything(BackendError("engine worker exited", retryable=True))
