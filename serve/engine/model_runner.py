@@ -4,7 +4,7 @@ into tensors, runs the forward pass and samples. This is the only engine module 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ from serve.engine.kv_math import DTYPE_BYTES, GIB, kv_bytes_per_token, kv_storag
 from serve.engine.llama import LlamaForCausalLM, LlamaSpec
 from serve.engine.block_manager import BlockCopy
 from serve.engine.lora import LoraAdapter, LoraStack
+from serve.engine.logprobs import PromptLogprobs, TokenLogprob, token_logprobs
 from serve.engine.sampling_step import RunnerOutput, StepSampler
 from serve.engine.scheduler import ScheduledSeq, SchedulerOutput
 
@@ -26,6 +27,8 @@ from serve.engine.scheduler import ScheduledSeq, SchedulerOutput
 #: its own causal context length, its own K/V already written) instead of SDPA: a warm 8-token suffix on a
 #: 512-token cached prefix spent 252 us per layer in SDPA on the gathered context, against ~15 us here.
 ROWWISE_MAX_TOKENS = 32
+#: prompt rows turned into logits at once for prompt logprobs (each row is vocab_size fp32 values)
+PROMPT_LOGITS_ROWS = 256
 
 
 def is_rowwise(item: ScheduledSeq) -> bool:
@@ -140,10 +143,32 @@ class ModelRunner:
             lora_batch,
         )
         sampling_items = [it for it in items if it.samples]
+        prompt_logprobs = self._prompt_logprobs(hidden, items)
         if not sampling_items:
-            return RunnerOutput({})
+            return RunnerOutput({}, prompt_logprobs=prompt_logprobs)
         logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=self.device)])
-        return self.sampler.sample(logits, sampling_items)
+        out = self.sampler.sample(logits, sampling_items)
+        return replace(out, prompt_logprobs=prompt_logprobs) if prompt_logprobs else out
+
+    def _prompt_logprobs(self, hidden: torch.Tensor, items: list[ScheduledSeq]) -> dict[str, PromptLogprobs]:
+        """Raw logprobs of the prompt tokens this step's chunks predict, for sequences that asked for them.
+        ``hidden`` [num_tokens, hidden_size] is laid out as ``items`` (in order). The row of position p
+        predicts token p + 1; the row of the prompt's last token predicts the first output (sampled)."""
+        out: dict[str, PromptLogprobs] = {}
+        token_start = 0
+        for it in items:
+            seq, k = it.seq, it.seq.params.prompt_logprobs
+            num_rows = min(it.start + it.num_new_tokens, seq.num_prompt_tokens - 1) - it.start
+            if k is not None and seq.num_output_tokens == 0 and num_rows > 0:  # (not again after a preemption)
+                targets = seq.prompt_token_ids[it.start + 1:it.start + 1 + num_rows]
+                entries: list[TokenLogprob] = []
+                for a in range(0, num_rows, PROMPT_LOGITS_ROWS):
+                    b = min(a + PROMPT_LOGITS_ROWS, num_rows)
+                    logits = self.model.compute_logits(hidden[token_start + a:token_start + b])
+                    entries += token_logprobs(logits, targets[a:b], [k] * (b - a))
+                out[seq.seq_id] = PromptLogprobs(it.start + 1, tuple(entries))
+            token_start += it.num_query_tokens
+        return out
 
     def _copy_blocks(self, copies: tuple[BlockCopy, ...]) -> None:
         """Copy-on-write: copy whole KV blocks ``src`` → ``dst`` in every layer (quantized storage bytewise)."""

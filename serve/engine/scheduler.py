@@ -20,7 +20,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from serve.engine.block_manager import BlockCopy, BlockManager
+from serve.engine.block_manager import BlockCopy, BlockManager, PrefixMatch
 from serve.engine.sequence import Sequence, SeqStatus
 
 
@@ -156,7 +156,8 @@ class Scheduler:
             seq = self.waiting[0]
             if self.running and len(self.running) + 1 + len(seq.forks) > self.max_num_seqs:
                 break  # its choices join the batch when its prompt is done: wait for room for all of them
-            prefix = self.bm.match_prefix(seq)
+            # Prompt logprobs need every prompt row's logits, so those requests recompute cached blocks.
+            prefix = self.bm.match_prefix(seq) if seq.params.prompt_logprobs is None else PrefixMatch()
             n = min(seq.num_tokens - prefix.num_tokens, budget)
             if not self.bm.allocate_slots(seq, n, prefix):
                 break

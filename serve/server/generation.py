@@ -38,6 +38,8 @@ class PromptRun:
     choices: list[ChoiceState]
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
+    #: raw logprobs of the prompt's tokens (None for the first), when the request asked for them
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
     @classmethod
     def empty(cls, n: int) -> "PromptRun":
@@ -51,6 +53,8 @@ class PromptRun:
             c.logprobs.extend(out.logprobs)
         c.num_output_tokens = out.num_output_tokens
         self.num_prompt_tokens, self.num_cached_tokens = out.num_prompt_tokens, out.num_cached_tokens
+        if out.prompt_logprobs is not None:
+            self.prompt_logprobs = out.prompt_logprobs
         if out.finished:
             c.finish_reason = out.finish_reason
         return c

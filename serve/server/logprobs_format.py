@@ -91,3 +91,38 @@ def completion_logprobs(strings: TokenStrings, entries: list[TokenLogprob], text
         offsets.append(offset)
         offset += len(text)
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+
+def _top_dict(strings: TokenStrings, e: TokenLogprob) -> dict[str, float]:
+    text = strings.get(e.token_id)[0]
+    top = {strings.get(tid)[0]: _value(v) for tid, v in e.top}
+    top.setdefault(text, _value(e.logprob))
+    return top
+
+
+def echo_completion_logprobs(strings: TokenStrings, prompt_ids: list[int],
+                             prompt_entries: tuple[TokenLogprob | None, ...], entries: list[TokenLogprob]) -> dict[str, Any]:
+    """Completions ``logprobs`` over the prompt then the output (``echo``): the first prompt token has
+    ``null`` for its logprob and top dict (nothing predicts it), as in OpenAI's and vLLM's answers."""
+    tokens = [strings.get(t)[0] for t in prompt_ids]
+    values: list[float | None] = [None if e is None else _value(e.logprob) for e in prompt_entries]
+    tops: list[dict[str, float] | None] = [None if e is None else _top_dict(strings, e) for e in prompt_entries]
+    offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    rest = completion_logprobs(strings, entries, sum(len(t) for t in tokens))
+    return {"tokens": tokens + rest["tokens"], "token_logprobs": values + rest["token_logprobs"],
+            "top_logprobs": tops + rest["top_logprobs"], "text_offset": offsets + rest["text_offset"]}
+
+
+def prompt_logprobs_json(strings: TokenStrings, entries: tuple[TokenLogprob | None, ...]) -> list[dict | None]:
+    """vLLM's ``prompt_logprobs``: per prompt token ``null`` (the first) or ``{token id: {"logprob", "rank",
+    "decoded_token"}}`` holding the prompt token and the k most likely ones."""
+    out: list[dict | None] = []
+    for e in entries:
+        if e is None:
+            out.append(None)
+            continue
+        d = {str(tid): {"logprob": _value(v), "rank": r + 1, "decoded_token": strings.get(tid)[0]}
+             for r, (tid, v) in enumerate(e.top)}
+        d[str(e.token_id)] = {"logprob": _value(e.logprob), "rank": e.rank, "decoded_token": strings.get(e.token_id)[0]}
+        out.append(d)
+    return out

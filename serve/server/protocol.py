@@ -33,6 +33,7 @@ class _SamplingFields(BaseModel):
     logit_bias: dict[str, float] | None = None  # token id (as a JSON key) -> bias in [-100, 100]
     bad_words: list[str] | None = None  # vLLM extension
     min_tokens: int = 0  # vLLM extension
+    prompt_logprobs: int | None = None  # vLLM extension: logprobs of the prompt's tokens (k alternatives)
     user: str | None = None
     response_format: dict[str, Any] | None = None  # {"type": "text" | "json_object" | "json_schema", ...}
     num_speculative_tokens: int | None = None  # lorafleet extension: prompt-lookup drafts per step (0 off)

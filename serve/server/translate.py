@@ -22,8 +22,25 @@ class PromptUsage:
 
 
 def reject_unsupported(req: CompletionRequest | ChatCompletionRequest) -> None:
-    if isinstance(req, CompletionRequest) and (req.echo or req.suffix):
-        raise HTTPError(400, "echo and suffix are not supported", "echo" if req.echo else "suffix")
+    if isinstance(req, CompletionRequest) and req.suffix:
+        raise HTTPError(400, "suffix is not supported", "suffix")
+    if isinstance(req, CompletionRequest) and req.echo and req.stream:
+        raise HTTPError(400, "echo is not supported with stream: true", "echo")
+    if req.prompt_logprobs is not None and req.stream:  # (vLLM refuses it too)
+        raise HTTPError(400, "prompt_logprobs are not available with stream: true", "prompt_logprobs")
+
+
+def completion_max_tokens(req: CompletionRequest) -> int | None:
+    """``max_tokens``, except that ``echo`` with ``max_tokens: 0`` (the prompt only, as vLLM allows) runs one
+    token, which the response leaves out."""
+    return 1 if req.echo and req.max_tokens == 0 else req.max_tokens
+
+
+def requested_prompt_logprobs(req: CompletionRequest | ChatCompletionRequest) -> int | None:
+    """vLLM's ``prompt_logprobs``; completions with ``echo`` and ``logprobs: k`` need them too (k each)."""
+    if req.prompt_logprobs is None and isinstance(req, CompletionRequest) and req.echo:
+        return req.logprobs
+    return req.prompt_logprobs
 
 
 def logit_bias(raw: dict[str, float] | None, vocab_size: int | None) -> tuple[tuple[int, float], ...]:
@@ -91,6 +108,7 @@ def sampling_params(req: CompletionRequest | ChatCompletionRequest, max_tokens: 
                               seed=req.seed, stop=stop, stop_token_ids=tuple(req.stop_token_ids or ()),
                               ignore_eos=req.ignore_eos, skip_special_tokens=req.skip_special_tokens, n=req.n,
                               logprobs=requested_logprobs(req), structured=structured,
+                              prompt_logprobs=requested_prompt_logprobs(req),
                               num_speculative_tokens=req.num_speculative_tokens,
                               **logits_controls(req, vocab_size))
     except ConfigError as e:

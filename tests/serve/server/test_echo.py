@@ -1,0 +1,89 @@
+"""``echo`` + ``logprobs`` and ``prompt_logprobs`` through the ``openai`` SDK against a real ``lorafleet serve``,
+as lm-evaluation-harness's ``local-completions`` model asks for them (token-id prompts, ``echo: true``,
+``logprobs: 1``, ``max_tokens`` 1 or 0), against HF transformers' fp32 log-softmax of the same prompt."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from openai import BadRequestError, OpenAI
+
+from lorafleet.chat import chat_token_ids
+
+pytestmark = pytest.mark.timeout(300)
+
+TOLERANCE = 1e-4
+CONTEXT = "Question: What is the capital of France?\nAnswer:"
+CONTINUATIONS = (" Paris", " Berlin", " a large city on the Seine")
+CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def client(server) -> OpenAI:
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def hf_token_logprobs(hf_model, ids: list[int]) -> list[float]:
+    with torch.inference_mode():
+        lp = torch.log_softmax(hf_model(torch.tensor([ids])).logits[0, :-1].float(), -1)
+    return lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].tolist()
+
+
+@pytest.mark.parametrize("max_tokens", [1, 0])
+def test_lm_eval_style_echo_equals_hf(client, server, tokenizer, hf_model, max_tokens) -> None:
+    prompts = [tokenizer(CONTEXT + c).input_ids for c in CONTINUATIONS]
+    r = client.completions.create(model=server.model, prompt=prompts, echo=True, logprobs=1, max_tokens=max_tokens,
+                                  temperature=0)
+    assert len(r.choices) == len(prompts)
+    for ids, choice in zip(prompts, r.choices):
+        lp = choice.logprobs
+        assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(ids) + max_tokens
+        assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+        ref = hf_token_logprobs(hf_model, ids)
+        assert max(abs(a - b) for a, b in zip(lp.token_logprobs[1:len(ids)], ref)) < TOLERANCE
+        for value, top in zip(lp.token_logprobs[1:], lp.top_logprobs[1:]):
+            assert value in top.values() and len(top) in (1, 2)
+        assert choice.text.startswith(tokenizer.decode(ids))
+        assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
+        if max_tokens == 0:
+            assert choice.text == tokenizer.decode(ids) and choice.finish_reason == "length"
+    # lm-eval's score: the continuation's summed logprob; " Paris" must beat " Berlin"
+    ctx = len(tokenizer(CONTEXT).input_ids)
+    scores = [sum(c.logprobs.token_logprobs[ctx:len(ids)]) for c, ids in zip(r.choices, prompts)]
+    assert scores[0] > scores[1]
+
+
+def test_echo_text_is_prompt_plus_completion(client, server) -> None:
+    plain = client.completions.create(model=server.model, prompt=CONTEXT, max_tokens=5, temperature=0)
+    echoed = client.completions.create(model=server.model, prompt=CONTEXT, max_tokens=5, temperature=0, echo=True)
+    assert echoed.choices[0].text == CONTEXT + plain.choices[0].text
+    assert echoed.choices[0].logprobs is None
+
+
+def test_prompt_logprobs_on_completions_and_chat(client, server, tokenizer, hf_model) -> None:
+    ids = tokenizer(CONTEXT).input_ids
+    r = client.completions.create(model=server.model, prompt=CONTEXT, max_tokens=1, temperature=0,
+                                  extra_body={"prompt_logprobs": 2})
+    plp = r.choices[0].model_extra["prompt_logprobs"]
+    assert len(plp) == len(ids) and plp[0] is None
+    ref = hf_token_logprobs(hf_model, ids)
+    for i, entry in enumerate(plp[1:]):
+        mine = entry[str(ids[i + 1])]
+        assert abs(mine["logprob"] - ref[i]) < TOLERANCE and mine["rank"] >= 1
+        assert mine["decoded_token"] == tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens([ids[i + 1]]))
+        assert 2 <= len(entry) <= 3 and {e["rank"] for e in entry.values()} >= {1, 2}
+    chat = client.chat.completions.create(model=server.model, messages=CAPITAL, max_tokens=1, temperature=0,
+                                          extra_body={"prompt_logprobs": 0})
+    chat_ids = chat_token_ids(tokenizer, CAPITAL)
+    plp = chat.model_extra["prompt_logprobs"]
+    assert len(plp) == len(chat_ids) and plp[0] is None and all(len(e) == 1 for e in plp[1:])
+    ref = hf_token_logprobs(hf_model, chat_ids)
+    assert max(abs(e[str(t)]["logprob"] - v) for e, t, v in zip(plp[1:], chat_ids[1:], ref)) < TOLERANCE
+
+
+@pytest.mark.parametrize(("kw", "param"), [({"echo": True}, "echo"),
+                                           ({"extra_body": {"prompt_logprobs": 1}}, "prompt_logprobs")])
+def test_streaming_refusals(client, server, kw, param) -> None:
+    with pytest.raises(BadRequestError) as e:
+        client.completions.create(model=server.model, prompt=CONTEXT, max_tokens=1, stream=True, **kw)
+    assert e.value.body["param"] == param
