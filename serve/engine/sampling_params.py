@@ -13,26 +13,28 @@ MAX_TOP_LOGPROBS = 20
 MAX_N = 16
 #: most draft tokens a request may ask to speculate per step
 MAX_SPECULATIVE_TOKENS = 16
-STRUCTURED_KINDS = ("json_object", "json_schema")
+STRUCTURED_KINDS = ("json_object", "json_schema", "regex", "choice", "grammar", "structural_tag")
 
 
 @dataclass(frozen=True, slots=True)
 class StructuredOutput:
-    """A grammar the output must follow: any JSON object, or JSON valid under ``schema``.
+    """A grammar the output must follow: any JSON object, JSON valid under a schema, a regex, one of a list
+    of strings, an EBNF (GBNF) or Lark grammar, or an xgrammar structural tag.
 
-    ``schema`` is the JSON Schema as compact JSON text, so equal schemas hash equally and share one compiled
-    grammar (see :mod:`serve.engine.structured`). Keys keep their order: the grammar generates properties in
-    the order the schema lists them.
+    ``schema`` is the grammar's source text: the JSON Schema as compact JSON text (so equal schemas hash
+    equally and share one compiled grammar, see :mod:`serve.engine.structured`; keys keep their order, and
+    the grammar generates properties in the order the schema lists them), the regex, the choices as a JSON
+    list, the grammar text, or the structural tag as JSON.
     """
 
-    kind: str  #: "json_object" or "json_schema"
-    schema: str = ""  #: compact JSON text of the schema ("" for json_object)
+    kind: str  #: one of STRUCTURED_KINDS
+    schema: str = ""  #: the grammar's source text ("" for json_object)
 
     def __post_init__(self) -> None:
         if self.kind not in STRUCTURED_KINDS:
             raise ConfigError(f"response_format type must be one of {STRUCTURED_KINDS}, got '{self.kind}'")
-        if self.kind == "json_schema" and not self.schema:
-            raise ConfigError("a json_schema response_format needs a schema")
+        if self.kind != "json_object" and not self.schema:
+            raise ConfigError(f"a {self.kind} structured output needs its {'schema' if 'json' in self.kind else 'text'}")
 
     @classmethod
     def json_schema(cls, schema: dict | bool) -> "StructuredOutput":

@@ -1,4 +1,5 @@
-"""Structured outputs: JSON (any object, or valid under a JSON Schema) enforced while decoding, with xgrammar.
+"""Structured outputs: JSON (any object, or valid under a JSON Schema), a regex, a choice among strings, an
+EBNF/GBNF or Lark grammar, or a structural tag, enforced while decoding with xgrammar.
 
 Each constrained sequence holds a :class:`Guide` (an xgrammar matcher over its compiled grammar). Every step
 the sampler asks each constrained row's guide for the tokens the grammar allows next, as a packed bitmask
@@ -55,6 +56,60 @@ def check_schema(schema: Any) -> None:
         xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False)
     except Exception as e:  # xgrammar raises RuntimeError/ValueError subclasses from C++
         raise ConfigError(f"response_format: the JSON schema cannot be compiled: {_problem(e)}") from None
+
+
+def choice_grammar(choices: list[str]) -> str:
+    """EBNF whose language is exactly ``choices`` (each a JSON-escaped string literal, which xgrammar reads)."""
+    return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
+
+
+def _structural_tag_args(text: str) -> tuple:
+    """Arguments of xgrammar's structural-tag compilation: vLLM's ``{"structures": [{"begin", "schema", "end"}],
+    "triggers"}`` form as (items, triggers), xgrammar's own format as its JSON text."""
+    import xgrammar as xgr
+
+    tag = json.loads(text)
+    if isinstance(tag, dict) and "structures" in tag:
+        items = [xgr.StructuralTagItem(begin=t["begin"], schema=json.dumps(t.get("schema") or {}), end=t["end"])
+                 for t in tag["structures"]]
+        return items, list(tag.get("triggers") or ())
+    return (text,)
+
+
+def is_ebnf(grammar: str) -> bool:
+    """EBNF/GBNF rules read ``name ::= ...``; Lark's read ``name: ...``."""
+    return "::=" in grammar
+
+
+def check_spec(spec: StructuredOutput, param: str = "structured_outputs") -> None:
+    """Raise :class:`ConfigError` naming ``param`` if xgrammar cannot build ``spec``'s grammar. Needs no
+    tokenizer, so the server can reject it before it starts streaming."""
+    import xgrammar as xgr
+
+    try:
+        if spec.kind == "regex":
+            xgr.Grammar.from_regex(spec.schema)
+        elif spec.kind in ("grammar", "choice"):
+            text = choice_grammar(json.loads(spec.schema)) if spec.kind == "choice" else spec.schema
+            xgr.Grammar.from_ebnf(text) if is_ebnf(text) else xgr.Grammar.from_lark(text)
+        elif spec.kind == "structural_tag":
+            xgr.Grammar.from_structural_tag(*_structural_tag_args(spec.schema))
+        elif spec.kind == "json_schema":
+            xgr.Grammar.from_json_schema(spec.schema, any_whitespace=False)
+    except Exception as e:  # xgrammar raises RuntimeError/ValueError subclasses from C++
+        raise ConfigError(f"{param}: the {spec.kind} cannot be compiled: {_problem(e)}") from None
+
+
+def _compile(compiler: Any, spec: StructuredOutput) -> Any:
+    if spec.kind == "regex":
+        return compiler.compile_regex(spec.schema)
+    if spec.kind in ("grammar", "choice"):
+        text = choice_grammar(json.loads(spec.schema)) if spec.kind == "choice" else spec.schema
+        return compiler.compile_grammar(text) if is_ebnf(text) else compiler.compile_lark(text)
+    if spec.kind == "structural_tag":
+        return compiler.compile_structural_tag(*_structural_tag_args(spec.schema))
+    schema = spec.schema if spec.kind == "json_schema" else JSON_OBJECT_SCHEMA
+    return compiler.compile_json_schema(schema, any_whitespace=False)
 
 
 class Guide:
@@ -116,11 +171,11 @@ class GrammarCache:
             self.stats.num_hits += 1
             return compiled
         self.stats.num_misses += 1
-        schema = spec.schema if spec.kind == "json_schema" else JSON_OBJECT_SCHEMA
         try:
-            compiled = self._get_compiler().compile_json_schema(schema, any_whitespace=False)
+            compiled = _compile(self._get_compiler(), spec)
         except Exception as e:
-            raise ConfigError(f"response_format: the JSON schema cannot be compiled: {_problem(e)}") from None
+            what = "JSON schema" if spec.kind.startswith("json") else spec.kind
+            raise ConfigError(f"response_format: the {what} cannot be compiled: {_problem(e)}") from None
         self._compiled[key] = compiled
         if len(self._compiled) > self._max_entries:
             self._compiled.popitem(last=False)

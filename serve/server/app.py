@@ -31,7 +31,7 @@ from serve.server.echo import completion_choices
 from serve.server.logprobs_format import TokenStrings, chat_logprobs, completion_logprobs, prompt_logprobs_json
 from serve.server.metrics import ServerMetrics
 from serve.server.protocol import ChatCompletionRequest, CompletionRequest, LoadLoraAdapterRequest, UnloadLoraAdapterRequest
-from serve.server.response_format import structured_output
+from serve.server.structured_fields import request_structured
 from serve.server.runtime_lora import allowed_adapter_dir, require_enabled
 from serve.server.tokenization import add_tokenize_routes
 from serve.server.tools import ToolPlan, finish_reason, parse_tool_calls, plan_tools, prompt_token_ids
@@ -96,7 +96,7 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
         for p in prompts:
             check_token_ids(p, bounds, "prompt")
         params = sampling_params(req, completion_max_tokens(req), prompts, engine.layout.max_model_len,
-                                 structured_output(req.response_format), engine.layout.vocab_size)
+                                 request_structured(req), engine.layout.vocab_size)
         rid = f"cmpl-{uuid.uuid4().hex}"
         for p in prompts:
             engine.check_request(p, adapter)
@@ -114,7 +114,7 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
         check_fields(req, bounds)
         check_prompt_chars(message_chars(req.messages), bounds, "messages")
         plan = plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls)
-        structured = structured_output(req.response_format)
+        structured = request_structured(req)
         if plan is not None and plan.structured is not None:
             if structured is not None:
                 raise HTTPError(400, f"response_format cannot be combined with tool_choice '{plan.mode}'", "response_format")
