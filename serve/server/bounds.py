@@ -15,14 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve.server.errors import HTTPError
-from serve.server.protocol import ChatCompletionRequest, CompletionRequest
+from serve.server.protocol import MAX_PROMPTS, ChatCompletionRequest, CompletionRequest
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  #: ``seed`` is a signed 64-bit integer (OpenAI, vLLM)
 MAX_STOP_STRINGS = 64  #: OpenAI allows 4 stop sequences; vLLM no limit. Each is searched after every token.
 MAX_STOP_CHARS = 1024  #: longest stop string
-#: most prompts in one /v1/completions request: each becomes an engine request, so a list of 10^5 one-token
-#: prompts would queue 10^5 sequences from one small body (the gateway's default limit is 64)
-MAX_PROMPTS = 1024
 #: An allowance for tokenizers with a normalizer, which can shorten text before it is split (Unicode
 #: composition turns up to a few code points into one): the bound then stays a proof.
 NORMALIZER_ALLOWANCE = 4

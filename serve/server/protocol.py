@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class StreamOptions(BaseModel):
@@ -34,21 +34,27 @@ class _SamplingFields(BaseModel):
     bad_words: list[str] | None = None  # vLLM extension
     min_tokens: int = 0  # vLLM extension
     prompt_logprobs: int | None = None  # vLLM extension: logprobs of the prompt's tokens (k alternatives)
-    # vLLM's constrained outputs (serve/server/structured_fields.py): one of them, or response_format
-    structured_outputs: dict[str, Any] | None = None
-    guided_json: str | dict[str, Any] | None = None
-    guided_regex: str | None = None
-    guided_choice: list[str] | None = None
-    guided_grammar: str | None = None
-    guided_decoding_backend: str | None = None
-    guided_whitespace_pattern: str | None = None
     user: str | None = None
     response_format: dict[str, Any] | None = None  # {"type": "text" | "json_object" | "json_schema", ...}
     num_speculative_tokens: int | None = None  # lorafleet extension: prompt-lookup drafts per step (0 off)
 
 
+#: most prompts in one /v1/completions request: each becomes an engine request, so a list of 10^5 one-token
+#: prompts would queue 10^5 sequences from one small body (the gateway's default limit is 64)
+MAX_PROMPTS = 1024
+
+
 class CompletionRequest(_SamplingFields):
     prompt: str | list[int] | list[str] | list[list[int]]
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _bounded_prompt_list(cls, value: Any) -> Any:
+        # Before the union is tried: pydantic would first record an error per item for each wrong member (0.8 s
+        # for 10^5 prompts, measured by tests/reliability/test_hostile.py).
+        if isinstance(value, list) and len(value) > MAX_PROMPTS and not isinstance(value[0], int):
+            raise ValueError(f"holds {len(value)} prompts; at most {MAX_PROMPTS} are allowed")
+        return value
     max_tokens: int | None = 16
     logprobs: int | None = None  # the chosen token's logprob plus this many most likely ones
     echo: bool = False
@@ -73,7 +79,6 @@ class ChatCompletionRequest(_SamplingFields):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None  # "none" | "auto" | "required" | {"type": "function", ...}
     parallel_tool_calls: bool | None = None
-    structural_tag: str | None = None  # vLLM's legacy chat field (JSON text)
 
 
 class LoadLoraAdapterRequest(BaseModel):

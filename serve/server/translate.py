@@ -10,6 +10,7 @@ from serve.engine.async_engine import AsyncEngine
 from serve.engine.sampling_params import MAX_TOP_LOGPROBS, SamplingParams, StructuredOutput
 from serve.server.errors import HTTPError
 from serve.server.protocol import ChatCompletionRequest, CompletionRequest
+from serve.server.request_fields import check_extra_fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,12 @@ class PromptUsage:
 
 
 def reject_unsupported(req: CompletionRequest | ChatCompletionRequest) -> None:
+    """400 naming the field for anything asked that we do not do (see serve/server/request_fields.py)."""
+    check_extra_fields(req.model_extra, "completions" if isinstance(req, CompletionRequest) else "chat")
+    if req.stream_options is not None and req.stream_options.model_extra:
+        name = next(iter(req.stream_options.model_extra))
+        if req.stream_options.model_extra[name] not in (False, None):
+            raise HTTPError(400, f"stream_options.{name} is not supported", f"stream_options.{name}")
     if isinstance(req, CompletionRequest) and req.suffix:
         raise HTTPError(400, "suffix is not supported", "suffix")
     if isinstance(req, CompletionRequest) and req.echo and req.stream:

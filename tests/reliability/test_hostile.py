@@ -129,9 +129,14 @@ def test_numbers_out_of_range(hostile_server, hostile_gateway, hostile) -> None:
                               lambda: post(url, case.path, body), (400,), 1.0)
         # Every numeric field, huge and negative (a few are in range for some fields: then 200 is right).
         for name in ("max_tokens", "n", "temperature", "top_p", "top_k", "seed", "logprobs", "presence_penalty",
-                     "frequency_penalty", "num_speculative_tokens"):
+                     "frequency_penalty", "num_speculative_tokens", "min_tokens", "min_p", "repetition_penalty",
+                     "prompt_logprobs"):
             for value in (-BIG, BIG, -(2**31), 10**400):
-                expected = (200,) if (name, value) == ("seed", -(2**31)) else (400,)  # (a valid seed)
+                expected = (400,)
+                if (name, value) == ("seed", -(2**31)):
+                    expected = (200,)  # a valid seed
+                elif name == "repetition_penalty" and value > 0:
+                    expected = (200, 400)  # vLLM bounds it only below (> 0); a huge one only divides logits
                 hostile.check(f"{name} {str(value)[:12]}", target,
                               lambda: post(url, "/v1/completions", {**NORMAL, "max_tokens": 1, name: value}), expected, 1.0)
         for text in ("NaN", "Infinity", "-Infinity", "1e999"):  # JSON that Python's parser accepts
@@ -147,8 +152,9 @@ def test_json_deep_wide_and_broken(hostile_server, hostile_gateway, hostile) -> 
         ("array nested 10^5 deep", b"[" * 100_000 + b"]" * 100_000, (400,), 1.0),
         ("object nested 10^5 deep in 'user'",
          f'{{"model": "{MODEL_NAME}", "prompt": "Hi", "max_tokens": 1, "user": {deep_object}}}'.encode(), (400,), 1.0),
+        # (issue 23: an unknown field is a 400 naming it, never silently dropped)
         ("200,000 unknown keys", json.dumps({**NORMAL, "max_tokens": 1, **{f"k{i}": i for i in range(200_000)}}).encode(),
-         (200,), 3.0),
+         (400,), 3.0),
         ("invalid UTF-8", b'{"model": "\xff\xfe", "prompt": "\xc3\x28"}', (400,), 1.0),
         ("a JSON array", b"[1, 2, 3]", (400,), 1.0),
         ("empty body", b"", (400,), 1.0),
@@ -255,6 +261,22 @@ def test_headers(hostile_server, hostile_gateway, hostile) -> None:
         hostile.check("Content-Length not a number", target,
                       lambda: raw_status(url, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1e9\r\n\r\n",
                                          iter([b"{}"])), (0, 400), 1.0)
+    assert_healthy(hostile_server.base_url, hostile_gateway.url)
+
+
+def test_sampling_controls_at_scale(hostile_server, hostile_gateway, hostile) -> None:
+    """Issue #23's fields at sizes no client needs: bounded, or cheap enough to serve."""
+    vocab = 49_152
+    cases = [("logit_bias on every token", {"logit_bias": {str(i): -1 for i in range(vocab)}}, (200,), 5.0),
+             ("logit_bias of 10^5 keys", {"logit_bias": {str(i): 1 for i in range(100_000)}}, (400,), 1.0),
+             ("10,000 bad_words", {"bad_words": [f"word{i}" for i in range(10_000)]}, (200, 400), 5.0),
+             ("a bad word of 10^5 characters", {"bad_words": ["w" * 100_000]}, (200, 400), 5.0),
+             ("min_tokens = max_tokens = 16, ignore_eos", {"min_tokens": 16, "max_tokens": 16, "ignore_eos": True},
+              (200,), 30.0)]
+    for target, url in targets(hostile_server, hostile_gateway).items():
+        for label, extra, expected, bound in cases:
+            hostile.check(label, target, lambda: post(url, "/v1/completions", {**NORMAL, "max_tokens": 2, **extra}),
+                          expected, bound)
     assert_healthy(hostile_server.base_url, hostile_gateway.url)
 
 
