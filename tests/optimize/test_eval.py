@@ -34,12 +34,12 @@ def test_hf_and_engine_perplexities_agree(base_model_path, passage) -> None:
     assert 2 < hf.ppl < 100 and eng.extra["kv_bytes_per_token"] == 46080  # fp32 KV of SmolLM2
 
 
-def test_compare_cli_reports_every_figure(base_model_path, passage, tmp_path) -> None:
+def test_compare_cli_reports_every_figure(base_model_path, passage, optimize_work) -> None:
     from optimize.quantize import run
     from lorafleet.config.optimize import QuantConfig
 
-    q = run(QuantConfig(model=str(base_model_path), out=tmp_path / "int8e", scheme="int8-engine"))
-    out = tmp_path / "cmp.json"
+    q = run(QuantConfig(model=str(base_model_path), out=optimize_work / "int8e", scheme="int8-engine"))
+    out = optimize_work / "cmp.json"
     r = subprocess.run([sys.executable, "-m", "lorafleet.cli", "eval", "compare", str(base_model_path), q["path"], "--data",
                         str(passage), "--window-tokens", "128", "--decode-tokens", "8", "--num-threads", "1", "--json",
                         str(out)], capture_output=True, text=True, timeout=1100)

@@ -55,6 +55,7 @@ def _run(model: Path, capacity: int, env: dict[str, str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.soak  # about 40 s of varied shapes, watching RSS
 @pytest.mark.skipif(sys.platform != "linux", reason="RSS through psutil, oneDNN on Linux x86 CPUs")
 def test_bounded_caches_keep_memory_flat_where_default_ones_grow(base_model_path) -> None:
     capped = _run(base_model_path, 8, {})

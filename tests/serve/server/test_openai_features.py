@@ -97,6 +97,7 @@ def test_streamed_choices_equal_non_streamed(client, server) -> None:
 
 
 # -- structured outputs ----------------------------------------------------------------------------------------
+@pytest.mark.slow  # 50 free-text generations: the control of the constrained test below (about a minute)
 def test_unconstrained_prompts_mostly_fail_their_schema(client, server, record_property) -> None:
     bad = invalid_cases(json_schema_outputs(client, server.model, constrained=False))
     share = len(bad) / 50
