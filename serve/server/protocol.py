@@ -8,11 +8,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")  # vLLM's continuous_usage_stats: a 400 unless false
+
     include_usage: bool = False
 
 
 class _SamplingFields(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Undeclared fields are kept so that serve/server/request_fields.py can answer each (400 naming it).
+    model_config = ConfigDict(extra="allow")
 
     model: str
     temperature: float = 1.0
@@ -34,6 +37,14 @@ class _SamplingFields(BaseModel):
     bad_words: list[str] | None = None  # vLLM extension
     min_tokens: int = 0  # vLLM extension
     prompt_logprobs: int | None = None  # vLLM extension: logprobs of the prompt's tokens (k alternatives)
+    # vLLM's constrained outputs (serve/server/structured_fields.py): one of them, or response_format
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None
+    guided_whitespace_pattern: str | None = None
     user: str | None = None
     response_format: dict[str, Any] | None = None  # {"type": "text" | "json_object" | "json_schema", ...}
     num_speculative_tokens: int | None = None  # lorafleet extension: prompt-lookup drafts per step (0 off)
@@ -79,6 +90,7 @@ class ChatCompletionRequest(_SamplingFields):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None  # "none" | "auto" | "required" | {"type": "function", ...}
     parallel_tool_calls: bool | None = None
+    structural_tag: str | None = None  # vLLM's legacy chat field (JSON text)
 
 
 class LoadLoraAdapterRequest(BaseModel):
