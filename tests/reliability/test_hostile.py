@@ -246,6 +246,19 @@ def test_huge_bodies_and_prompts(hostile_server, hostile_gateway, hostile) -> No
     assert_healthy(server, gw)
 
 
+def test_tokenize_of_a_huge_text_stalls_no_one(hostile_server, hostile) -> None:
+    """/tokenize has no context limit to refuse by, so a long text is tokenized, but off the event loop."""
+    url = hostile_server.base_url
+    usual = min(normal_seconds(url) for _ in range(3))
+    with ThreadPoolExecutor(1) as pool:
+        big = pool.submit(post, url, "/tokenize", {"model": MODEL_NAME, "prompt": "lorem ipsum " * 160_000}, timeout=120)
+        time.sleep(0.05)
+        hostile.check("normal request while /tokenize runs on 2 M characters", "server",
+                      lambda: 200 if normal_seconds(url) < 2 * usual + 0.5 else 0, (200,), 10.0)
+        hostile.check("/tokenize of 2 M characters", "server", lambda: big.result(timeout=120), (200,), 120.0)
+    assert_healthy(url)
+
+
 def test_headers(hostile_server, hostile_gateway, hostile) -> None:
     for target, url in targets(hostile_server, hostile_gateway).items():
         for label, headers, expected in (
