@@ -46,6 +46,9 @@ def test_models_list_shows_the_pulled_model(base_model_path: Path) -> None:
         (("serve", "--dtype", "int4"), "error: dtype must be one of"),
         (("serve", "--port", "0"), "error: port must be in 1..65535, got 0"),
         (("serve", "--lora-module", "no-equals-sign"), "error: --lora-module expects NAME=PATH, got 'no-equals-sign'"),
+        (("serve", "--lora-module", "../../etc=/etc"), "error: adapter name '../../etc' must match"),
+        (("serve", "--max-body-bytes", "10"), "error: max_body_bytes must be at least 1024, got 10"),
+        (("serve", "--api-key", " "), "error: api_key must not be empty"),
         (("models", "pull", "no-such-model"), "error: unknown model 'no-such-model'"),
     ],
 )
