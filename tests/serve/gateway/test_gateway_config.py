@@ -126,3 +126,28 @@ def test_in_process_engine_entries() -> None:
                    "backend 'c': an in-process engine is only for kind 'embedded'", "backend 'd': an in-process engine",
                    "engine_loop must be 'thread' or 'process'", "backend 'f': url must start with http://"):
         assert needle in text, needle
+
+
+def test_adapter_names_follow_the_engine_rule(adapter_dir) -> None:
+    root = adapter_dir("ok").parent
+    for bad in ("../../etc", "a/b", ".hidden", "with space"):
+        with pytest.raises(ConfigError, match="must match"):
+            parse_config({"backends": [BACKEND], "adapter_roots": [str(root)],
+                          "adapters": [{"name": bad, "path": "ok", "base_model": "smol"}]})
+
+
+def test_backend_keys_from_the_environment_and_embedded_adapter_roots(adapter_dir) -> None:
+    from serve.gateway.state import GatewayState
+
+    root = adapter_dir("ok").parent
+    entry = {"name": "e0", "kind": "embedded", "url": "http://127.0.0.1:8123", "base_model": "smol",
+             "launch_args": ["--model", "m"], "api_key_env": "E0_KEY"}
+    with pytest.raises(ConfigError, match="environment variable E0_KEY"):
+        parse_config({"backends": [entry]}, env={})
+    with pytest.raises(ConfigError, match="not both"):
+        parse_config({"backends": [{**entry, "api_key": "k"}]}, env={"E0_KEY": "k"})
+    cfg = parse_config({"backends": [entry], "adapter_roots": [str(root)]}, env={"E0_KEY": "secret-e0"})
+    assert cfg.backends[0].api_key == "secret-e0" and "secret-e0" not in repr(cfg.backends[0])
+    backend = GatewayState.build(cfg).fleet.get("e0").backend
+    command = backend.launch_command()
+    assert command[command.index("--allow-runtime-lora") + 1] == str(root) and "secret-e0" not in command
