@@ -130,7 +130,9 @@ def engine_server(base_model_path: Path, tmp_path_factory) -> Iterator[ServerHan
     cmd = [str(Path(sys.executable).with_name("lorafleet")), "serve", "--model", MODEL_NAME, "--dtype", "float32",
            "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--num-kv-blocks", str(ENGINE_KV_BLOCKS),
            "--max-model-len", str(ENGINE_MAX_MODEL_LEN), "--max-num-seqs", "8", "--max-loras", "2",
-           "--num-threads", str(NUM_THREADS), "--log-level", "warning"]
+           "--num-threads", str(NUM_THREADS), "--log-level", "warning",
+           # gateways in front of it load adapters from the session's temporary directories (#24: off by default)
+           "--allow-runtime-lora", str(tmp_path_factory.getbasetemp())]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     handle = ServerHandle(f"http://127.0.0.1:{port}", MODEL_NAME, {}, log_path, proc)
