@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -169,7 +170,7 @@ def _send_big_body(url: str, num_bytes: int, seconds_to_413: list[float]) -> Non
 
 
 def test_a_50_mb_body_is_413_at_once_and_others_run_on(keyed_server: ServerHandle, keyed: httpx.Client) -> None:
-    usual = min(normal_request(keyed) for _ in range(3))
+    usual = statistics.median(normal_request(keyed) for _ in range(3))  # (its usual latency, this minute)
     seconds_to_413: list[float] = []
     sender = threading.Thread(target=_send_big_body, args=(keyed_server.base_url, 50 * 2**20, seconds_to_413))
     sender.start()
