@@ -14,13 +14,15 @@ PROMPT_CONTEXT_TOKENS = 6
 
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer: Any, prompt_ids: list[int], stop: tuple[str, ...] = (), skip_special_tokens: bool = True):
+    def __init__(self, tokenizer: Any, prompt_ids: list[int], stop: tuple[str, ...] = (), skip_special_tokens: bool = True,
+                 include_stop: bool = False):
         self._tok = tokenizer
         self._skip = skip_special_tokens
         self._ids = list(prompt_ids[-PROMPT_CONTEXT_TOKENS:])
         self._prefix_offset = 0
         self._read_offset = len(self._ids)
         self._stop = stop
+        self._include_stop = include_stop  #: keep the stop string that ended the text (vLLM's include_stop_str_in_output)
         self._hold = max((len(s) for s in stop), default=1) - 1
         self.text = ""  #: output text so far (truncated before a stop string once one is found)
         self._emitted = 0
@@ -53,7 +55,8 @@ class IncrementalDetokenizer:
         return out
 
     def _check_stop(self, search_from: int) -> None:
-        hits = [i for s in self._stop if (i := self.text.find(s, search_from)) >= 0]
+        hits = [(i, len(s)) for s in self._stop if (i := self.text.find(s, search_from)) >= 0]
         if hits:
-            self.text = self.text[:min(hits)]
+            start, length = min(hits)
+            self.text = self.text[:start + length if self._include_stop else start]
             self.stopped = True

@@ -77,14 +77,17 @@ class _Request:
 
 
 def check_params(params: SamplingParams, layout: EngineLayout) -> None:
-    """Raise :class:`ConfigError` for token ids in ``params`` (logit_bias, bad_words_token_ids) outside the
-    vocabulary."""
+    """Raise :class:`ConfigError` for token ids in ``params`` (logit_bias, bad_words_token_ids,
+    allowed_token_ids) outside the vocabulary."""
     bad = next((t for t, _ in params.logit_bias if t >= layout.vocab_size), None)
     if bad is not None:
         raise ConfigError(f"logit_bias: token id {bad} is outside the vocabulary (size {layout.vocab_size})")
     bad = next((t for w in params.bad_words_token_ids for t in w if not 0 <= t < layout.vocab_size), None)
     if bad is not None:
         raise ConfigError(f"bad_words: token id {bad} is outside the vocabulary (size {layout.vocab_size})")
+    bad = next((t for t in params.allowed_token_ids if not 0 <= t < layout.vocab_size), None)
+    if bad is not None:
+        raise ConfigError(f"allowed_token_ids: token id {bad} is outside the vocabulary (size {layout.vocab_size})")
 
 
 def check_prompt(prompt_token_ids: list[int], layout: EngineLayout) -> None:
@@ -160,7 +163,8 @@ class LLMEngine:
         first = seqs[0]
         first.forks = seqs[1:]  # they start from its computed prompt (shared KV blocks)
         choices = [_Choice(seq, IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids, params.stop,
-                                                       params.skip_special_tokens)) for seq in seqs]
+                                                       params.skip_special_tokens, params.include_stop_str_in_output))
+                   for seq in seqs]
         req = _Request(request_id, choices, len(choices))
         if params.prompt_logprobs is not None:
             req.prompt_logprobs = [None] * len(prompt_token_ids)

@@ -43,6 +43,8 @@ class LogitsAdjust:
     bias_token_ids: torch.Tensor | None = None  #: long [k]
     bias_values: torch.Tensor | None = None  #: fp32 [k]
     penalties: PenaltyBatch | None = None
+    allowed_rows: torch.Tensor | None = None  #: long [a]: rows restricted to ``allowed_mask``
+    allowed_mask: torch.Tensor | None = None  #: bool [a, vocab]: the tokens those rows may pick
 
 
 def token_counts(token_ids: list[list[int]], vocab_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -102,6 +104,8 @@ def apply_adjust(logits: torch.Tensor, adjust: LogitsAdjust) -> torch.Tensor:
     p = adjust.penalties
     if p is not None:
         out[p.rows] = apply_penalties(out[p.rows], p.prompt_mask, p.output_counts, p.presence, p.frequency, p.repetition)
+    if adjust.allowed_rows is not None:
+        out[adjust.allowed_rows] = out[adjust.allowed_rows].masked_fill(~adjust.allowed_mask, float("-inf"))
     if adjust.bias_rows is not None and adjust.bias_rows.numel():
         out.index_put_((adjust.bias_rows, adjust.bias_token_ids), adjust.bias_values, accumulate=True)
     return out

@@ -51,7 +51,8 @@ class SamplingParams:
     top_p: float = 1.0  #: nucleus mass in (0, 1]
     top_k: int = -1  #: keep the k most likely tokens; -1 (or 0) keeps all
     seed: int | None = None  #: per-request RNG seed; equal seeds give equal samples (choice i of n uses seed + i)
-    stop: tuple[str, ...] = ()  #: stop strings, excluded from the output
+    stop: tuple[str, ...] = ()  #: stop strings, excluded from the output (unless include_stop_str_in_output)
+    include_stop_str_in_output: bool = False  #: vLLM's: keep the stop string that ended the output
     stop_token_ids: tuple[int, ...] = ()  #: extra token ids that end generation
     ignore_eos: bool = False  #: keep generating past EOS (benchmarks)
     skip_special_tokens: bool = True  #: drop special tokens from the text
@@ -83,6 +84,8 @@ class SamplingParams:
     bad_words_token_ids: tuple[tuple[int, ...], ...] = ()
     #: EOS and stop token ids are masked until this many tokens were generated (at most ``max_tokens``)
     min_tokens: int = 0
+    #: vLLM's allowed_token_ids: when non-empty, only these tokens may be generated
+    allowed_token_ids: tuple[int, ...] = ()
     extra: dict = field(default_factory=dict, compare=False)  #: reserved for backend-specific options
 
     def __post_init__(self) -> None:
@@ -131,9 +134,10 @@ class SamplingParams:
 
     @property
     def has_logits_adjust(self) -> bool:
-        """Whether anything changes the logits before sampling (penalties, bias, bans, min_tokens)."""
+        """Whether anything changes the logits before sampling (penalties, bias, bans, min_tokens, allowed ids)."""
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
-                    or self.logit_bias or self.bad_words or self.bad_words_token_ids or self.min_tokens)
+                    or self.logit_bias or self.bad_words or self.bad_words_token_ids or self.min_tokens
+                    or self.allowed_token_ids)
 
     @property
     def is_greedy(self) -> bool:

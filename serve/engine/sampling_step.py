@@ -144,8 +144,13 @@ def logits_adjust(seqs: list[Sequence], vocab_size: int, device: torch.device) -
         token_ids += [t for t, _ in pairs]
         values += [v for _, v in pairs]
     penalized = [i for i, s in enumerate(seqs) if _penalized(s)]
-    if not rows and not penalized:
+    restricted = [i for i, s in enumerate(seqs) if s.params.allowed_token_ids]
+    if not rows and not penalized and not restricted:
         return None
+    allowed_rows = allowed_mask = None
+    if restricted:
+        allowed_rows = torch.tensor(restricted, device=device)
+        allowed_mask = token_counts([list(seqs[i].params.allowed_token_ids) for i in restricted], vocab_size, device) > 0
     penalties = None
     if penalized:
         chosen = [seqs[i] for i in penalized]
@@ -159,4 +164,4 @@ def logits_adjust(seqs: list[Sequence], vocab_size: int, device: torch.device) -
         )
     return LogitsAdjust(torch.tensor(rows, dtype=torch.long, device=device),
                         torch.tensor(token_ids, dtype=torch.long, device=device),
-                        torch.tensor(values, dtype=torch.float32, device=device), penalties)
+                        torch.tensor(values, dtype=torch.float32, device=device), penalties, allowed_rows, allowed_mask)

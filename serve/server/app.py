@@ -27,7 +27,7 @@ from serve.server.chat_deltas import ChoiceDeltas
 from serve.server.errors import HTTPError, error_body, install_error_handlers, status_of
 from serve.server.generation import PromptRun, merged, run_all
 from serve.server.guard import RequestGuard
-from serve.server.echo import completion_choices
+from serve.server.echo import StreamEcho, completion_choices
 from serve.server.logprobs_format import TokenStrings, chat_logprobs, completion_logprobs, prompt_logprobs_json
 from serve.server.metrics import ServerMetrics
 from serve.server.protocol import ChatCompletionRequest, CompletionRequest, LoadLoraAdapterRequest, UnloadLoraAdapterRequest
@@ -102,7 +102,9 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
             engine.check_request(p, adapter)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse(_stream_completion(engine, metrics, strings, rid, prompts, params, adapter, req.model, include_usage))
+            echo = StreamEcho(engine.tokenizer, req, prompts) if req.echo else None
+            return _sse(_stream_completion(engine, metrics, strings, rid, prompts, params, adapter, req.model, include_usage,
+                                           echo))
         runs = await _until_disconnect(raw, run_all(engine, metrics, rid, prompts, params, adapter))
         choices = completion_choices(strings, engine.tokenizer, req, prompts, runs, params)
         return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": req.model,
@@ -243,7 +245,7 @@ def _error_event(e: Exception) -> str:
 
 
 async def _stream_completion(engine, metrics, strings: TokenStrings, rid, prompts, params: SamplingParams, adapter, model,
-                             include_usage) -> AsyncIterator[str]:
+                             include_usage, echo: StreamEcho | None = None) -> AsyncIterator[str]:
     chunk = _chunker(rid, "text_completion", model, include_usage)
     runs = [PromptRun.empty(params.n) for _ in prompts]
     async with contextlib.aclosing(merged(engine, metrics, rid, prompts, params, adapter, runs)) as items:
@@ -251,6 +253,12 @@ async def _stream_completion(engine, metrics, strings: TokenStrings, rid, prompt
             if isinstance(item, Exception):
                 yield _error_event(item)
                 return
+            if echo is not None:
+                piece = echo.chunk(strings, i, item, runs[i].choices[item.index].text, params)
+                if piece is not None:
+                    yield chunk([{"index": i * params.n + item.index, "text": piece[0], "logprobs": piece[1],
+                                  "finish_reason": piece[2]}])
+                continue
             if not item.text and not item.finished and not item.logprobs:
                 continue
             lp = None

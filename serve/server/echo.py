@@ -4,12 +4,14 @@
 the prompt's tokens too (the first one ``null``: nothing predicts it), which is how lm-evaluation-harness
 scores multiple-choice tasks. ``echo`` with ``max_tokens: 0`` returns the prompt alone (one token is run and
 left out, as vLLM does). The prompt's logprobs come from the prefill (``SamplingParams.prompt_logprobs``).
+Streamed, each choice's first chunk carries the prompt (:class:`StreamEcho`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from serve.engine.engine import RequestOutput
 from serve.engine.sampling_params import SamplingParams
 from serve.server.generation import PromptRun
 from serve.server.logprobs_format import TokenStrings, completion_logprobs, echo_completion_logprobs, prompt_logprobs_json
@@ -41,3 +43,38 @@ def completion_choices(strings: TokenStrings, tokenizer: Any, req: CompletionReq
                 choice["prompt_logprobs"] = prompt_logprobs_json(strings, run.prompt_logprobs)
             choices.append(choice)
     return choices
+
+
+class StreamEcho:
+    """``echo`` for streamed completions: each choice's first chunk carries the prompt (and, with
+    ``logprobs``, the prompt's logprobs); later chunks' ``text_offset`` count the prompt's characters too."""
+
+    def __init__(self, tokenizer: Any, req: CompletionRequest, prompts: list[list[int]]) -> None:
+        self.prompts = prompts
+        self.texts = prompt_texts(tokenizer, req.prompt, prompts)
+        self.echo_only = req.max_tokens == 0
+        self._prompt_chars: dict[int, int] = {}  # prompt index -> characters of its token strings
+        self._started: set[tuple[int, int]] = set()
+
+    def chunk(self, strings: TokenStrings, i: int, item: RequestOutput, choice_text: str,
+              params: SamplingParams) -> tuple[str, dict[str, Any] | None, str | None] | None:
+        """``(text, logprobs, finish_reason)`` of one output of prompt ``i`` (``choice_text``: the choice's
+        text so far, this output included), or None when there is nothing to send."""
+        first = (i, item.index) not in self._started
+        self._started.add((i, item.index))
+        if self.echo_only and not first:
+            return None
+        entries = [] if self.echo_only else list(item.logprobs or ())
+        text = "" if self.echo_only else item.text
+        if first:
+            lp = None
+            if params.logprobs is not None:
+                lp = echo_completion_logprobs(strings, self.prompts[i], item.prompt_logprobs, entries)
+                self._prompt_chars[i] = sum(len(strings.get(t)[0]) for t in self.prompts[i])
+            return self.texts[i] + text, lp, "length" if self.echo_only else item.finish_reason
+        if not item.text and not item.finished and not item.logprobs:
+            return None
+        lp = None
+        if params.logprobs is not None:
+            lp = completion_logprobs(strings, entries, self._prompt_chars.get(i, 0) + len(choice_text) - len(item.text))
+        return text, lp, item.finish_reason

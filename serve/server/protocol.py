@@ -36,6 +36,8 @@ class _SamplingFields(BaseModel):
     logit_bias: dict[str, float] | None = None  # token id (as a JSON key) -> bias in [-100, 100]
     bad_words: list[str] | None = None  # vLLM extension
     min_tokens: int = 0  # vLLM extension
+    allowed_token_ids: list[int] | None = None  # vLLM extension: only these tokens may be generated
+    include_stop_str_in_output: bool = False  # vLLM extension
     prompt_logprobs: int | None = None  # vLLM extension: logprobs of the prompt's tokens (k alternatives)
     # vLLM's constrained outputs (serve/server/structured_fields.py): one of them, or response_format
     structured_outputs: dict[str, Any] | None = None

@@ -23,10 +23,8 @@ NO_OP_VALUES: dict[str, tuple[Any, ...]] = {
     "best_of": (None, 1),
     "use_beam_search": (False,),
     "length_penalty": (1, 1.0),  # beam search only
-    "include_stop_str_in_output": (False,),
     "spaces_between_special_tokens": (True,),
     "truncate_prompt_tokens": (None,),
-    "allowed_token_ids": (None,),
     "prompt_embeds": (None,),
     "priority": (0,),
     "request_id": (None,),

@@ -31,8 +31,6 @@ def reject_unsupported(req: CompletionRequest | ChatCompletionRequest) -> None:
             raise HTTPError(400, f"stream_options.{name} is not supported", f"stream_options.{name}")
     if isinstance(req, CompletionRequest) and req.suffix:
         raise HTTPError(400, "suffix is not supported", "suffix")
-    if isinstance(req, CompletionRequest) and req.echo and req.stream:
-        raise HTTPError(400, "echo is not supported with stream: true", "echo")
     if req.prompt_logprobs is not None and req.stream:  # (vLLM refuses it too)
         raise HTTPError(400, "prompt_logprobs are not available with stream: true", "prompt_logprobs")
 
@@ -67,11 +65,24 @@ def logit_bias(raw: dict[str, float] | None, vocab_size: int | None) -> tuple[tu
 
 
 def logits_controls(req: CompletionRequest | ChatCompletionRequest, vocab_size: int | None) -> dict:
-    """SamplingParams keyword arguments of the penalty, bias and ban fields (checked by SamplingParams)."""
+    """SamplingParams keyword arguments of vLLM's sampling fields added for issue 23: penalties, min_p, biases,
+    bans, min_tokens, allowed_token_ids and include_stop_str_in_output (ranges checked by SamplingParams)."""
     return dict(presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
                 repetition_penalty=req.repetition_penalty, min_p=req.min_p,
                 logit_bias=logit_bias(req.logit_bias, vocab_size), bad_words=tuple(req.bad_words or ()),
-                min_tokens=req.min_tokens)
+                min_tokens=req.min_tokens, allowed_token_ids=allowed_token_ids(req.allowed_token_ids, vocab_size),
+                include_stop_str_in_output=req.include_stop_str_in_output)
+
+
+def allowed_token_ids(ids: list[int] | None, vocab_size: int | None) -> tuple[int, ...]:
+    """vLLM's ``allowed_token_ids``: a non-empty list of vocabulary ids (400 naming the field otherwise)."""
+    if ids is None:
+        return ()
+    bad = next((t for t in ids if t < 0 or (vocab_size is not None and t >= vocab_size)), None)
+    if not ids or bad is not None:
+        what = "must not be empty" if not ids else f"token id {bad} is outside the vocabulary [0, {vocab_size})"
+        raise HTTPError(400, f"allowed_token_ids: {what}", "allowed_token_ids")
+    return tuple(ids)
 
 
 def prompt_ids(engine: AsyncEngine, prompt) -> list[list[int]]:

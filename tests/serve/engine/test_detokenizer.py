@@ -82,6 +82,18 @@ def test_stop_strings_are_cut_and_never_partially_emitted(tokenizer, text: str, 
     assert detok.add(ids[0]) == "", "nothing is emitted after a stop"
 
 
+@pytest.mark.parametrize(("text", "stop", "expected"), [
+    ("The answer is 42. END of story.", ("END",), "The answer is 42. END"),
+    ("hello world", ("world", "lo"), "hello"),  # the earliest match wins, kept whole
+    ("Emoji 🦙 then more", ("🦙",), "Emoji 🦙"),
+])
+def test_include_stop_str_keeps_the_stop_string(tokenizer, text: str, stop: tuple[str, ...], expected: str) -> None:
+    """vLLM's include_stop_str_in_output: the text ends with the stop string that ended it."""
+    detok = IncrementalDetokenizer(tokenizer, tokenizer(PROMPT).input_ids, stop=stop, include_stop=True)
+    pieces, _ = run(detok, tokenizer(text).input_ids)
+    assert detok.stopped and detok.text == expected == "".join(pieces)
+
+
 @pytest.mark.parametrize(("text", "stop"), [("Almost the EN but not quite", ("END",)), ("ends with E", ("END",)),
                                              ("no match at all", ("xyz", "qq"))])
 def test_held_back_text_is_flushed_when_no_stop_matches(tokenizer, text: str, stop: tuple[str, ...]) -> None:

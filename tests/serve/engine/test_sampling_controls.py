@@ -28,6 +28,18 @@ class OpenAIPenalties(LogitsProcessor):
         return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
+class OnlyTokens(LogitsProcessor):
+    """Closed form of vLLM's allowed_token_ids: every other token's logit is -inf."""
+
+    def __init__(self, allowed: set[int]) -> None:
+        self.allowed = torch.tensor(sorted(allowed))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        keep = torch.zeros_like(scores, dtype=torch.bool)
+        keep[:, self.allowed] = True
+        return scores.masked_fill(~keep, float("-inf"))
+
+
 @pytest.fixture(scope="module")
 def hf_generate(hf_model):
     def run(prompt: tuple[int, ...], max_new_tokens: int = NUM_TOKENS, **kw) -> list[int]:
@@ -79,6 +91,16 @@ def test_bad_words_and_logit_bias_match_hf(engine, prompt_set, hf_greedy, hf_gen
     (ours,) = engine.generate([list(p)], greedy(logit_bias=bias))
     assert_starts_with_hf(ours, hf_generate(p, sequence_bias={(t,): b for t, b in bias}), eos_token_ids)
     assert ours[0] != free[0]
+
+
+def test_allowed_token_ids_match_closed_form(engine, prompt_set, hf_greedy, hf_generate, eos_token_ids) -> None:
+    p = prompt_set[PROMPTS[0]].token_ids
+    free = hf_greedy(p, NUM_TOKENS)
+    allowed = (set(free[:10]) | set(range(100, 140))) - {free[1]}
+    (ours,) = engine.generate([list(p)], greedy(allowed_token_ids=tuple(sorted(allowed))))
+    assert set(ours) <= allowed and ours != free
+    assert_starts_with_hf(ours, hf_generate(p, logits_processor=LogitsProcessorList([OnlyTokens(allowed)])),
+                          eos_token_ids)
 
 
 def test_bad_words_strings_are_never_generated(engine, tokenizer, prompt_set, hf_greedy) -> None:

@@ -81,9 +81,25 @@ def test_prompt_logprobs_on_completions_and_chat(client, server, tokenizer, hf_m
     assert max(abs(e[str(t)]["logprob"] - v) for e, t, v in zip(plp[1:], chat_ids[1:], ref)) < TOLERANCE
 
 
-@pytest.mark.parametrize(("kw", "param"), [({"echo": True}, "echo"),
-                                           ({"extra_body": {"prompt_logprobs": 1}}, "prompt_logprobs")])
-def test_streaming_refusals(client, server, kw, param) -> None:
+@pytest.mark.parametrize("max_tokens", [4, 0])
+def test_streamed_echo_equals_non_streamed(client, server, tokenizer, max_tokens) -> None:
+    prompts = [tokenizer(CONTEXT + c).input_ids for c in CONTINUATIONS[:2]]
+    kw = dict(model=server.model, prompt=prompts, echo=True, logprobs=2, max_tokens=max_tokens, temperature=0)
+    full = client.completions.create(**kw).choices
+    chunks = [c for c in client.completions.create(**kw, stream=True) for c in c.choices]
+    for i, choice in enumerate(full):
+        mine = [c for c in chunks if c.index == i]
+        assert "".join(c.text for c in mine) == choice.text and mine[-1].finish_reason == choice.finish_reason
+        lps = [c.logprobs for c in mine if c.logprobs]
+        assert [t for lp in lps for t in lp.tokens] == choice.logprobs.tokens
+        values = [v for lp in lps for v in lp.token_logprobs]  # (batches differ: equal within fp32 noise)
+        assert values[0] is None and choice.logprobs.token_logprobs[0] is None
+        assert values[1:] == pytest.approx(choice.logprobs.token_logprobs[1:], abs=TOLERANCE)
+        assert [o for lp in lps for o in lp.text_offset] == choice.logprobs.text_offset
+
+
+def test_prompt_logprobs_are_refused_when_streamed(client, server) -> None:
     with pytest.raises(BadRequestError) as e:
-        client.completions.create(model=server.model, prompt=CONTEXT, max_tokens=1, stream=True, **kw)
-    assert e.value.body["param"] == param
+        client.completions.create(model=server.model, prompt=CONTEXT, max_tokens=1, stream=True,
+                                  extra_body={"prompt_logprobs": 1})
+    assert e.value.body["param"] == "prompt_logprobs"

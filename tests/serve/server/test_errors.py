@@ -73,7 +73,7 @@ def test_prompt_longer_than_the_context_is_400(http: httpx.Client, server) -> No
         ({"num_speculative_tokens": 17}, "num_speculative_tokens"),
         ({"response_format": {"type": "yaml"}}, "response_format"),
         ({"suffix": "x"}, "suffix"),
-        ({"echo": True, "stream": True}, "echo"),
+        ({"prompt_logprobs": 1, "stream": True}, "prompt_logprobs"),
         ({"stop": [""]}, "stop"),
         ({"max_tokens": "lots"}, "max_tokens"),
     ],

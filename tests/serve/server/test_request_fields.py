@@ -34,8 +34,8 @@ VLLM_CHAT_FIELDS = COMMON + (
 )
 #: a value that asks for something, for each field we do not implement
 ASKING = {
-    "best_of": 3, "use_beam_search": True, "length_penalty": 0.5, "include_stop_str_in_output": True,
-    "spaces_between_special_tokens": False, "truncate_prompt_tokens": 4, "allowed_token_ids": [1, 2],
+    "best_of": 3, "use_beam_search": True, "length_penalty": 0.5,
+    "spaces_between_special_tokens": False, "truncate_prompt_tokens": 4,
     "prompt_embeds": "AAAA", "priority": 1, "request_id": "mine", "logits_processors": ["a.b"],
     "return_tokens_as_token_ids": True, "return_token_ids": True, "cache_salt": "salt",
     "kv_transfer_params": {"a": 1}, "vllm_xargs": {"a": 1}, "mm_processor_kwargs": {"a": 1},
@@ -69,7 +69,8 @@ def test_the_walk_covers_every_field() -> None:
         assert field in NO_OP_VALUES, f"{endpoint}: vLLM's {field} is neither supported nor refused"
         assert field in ASKING or field in ALWAYS_NO_OP or field == "add_special_tokens", field
     supported = set(CompletionRequest.model_fields) & set(VLLM_COMPLETION_FIELDS)
-    assert {"echo", "logit_bias", "prompt_logprobs", "structured_outputs", "guided_choice", "min_p"} <= supported
+    assert {"echo", "logit_bias", "prompt_logprobs", "structured_outputs", "guided_choice", "min_p",
+            "allowed_token_ids", "include_stop_str_in_output"} <= supported
 
 
 @pytest.mark.parametrize(("endpoint", "field"), UNSUPPORTED)
@@ -81,7 +82,7 @@ def test_unsupported_field_is_a_400_naming_it(http, server, endpoint, field) -> 
 
 
 def test_no_op_values_are_accepted(http, server) -> None:
-    body = {"use_beam_search": False, "priority": 0, "include_stop_str_in_output": False, "best_of": 1,
+    body = {"use_beam_search": False, "priority": 0, "best_of": 1,
             "spaces_between_special_tokens": True, "add_special_tokens": True, "length_penalty": 1.0}
     assert post(http, server.model, "completions", **body).status_code == 200
     chat = {"echo": False, "add_special_tokens": False, "include_reasoning": True, "continue_final_message": False}

@@ -49,6 +49,19 @@ def test_bad_words_and_min_tokens_on_chat(client, server) -> None:
     assert longer.usage.completion_tokens >= 20 > free.usage.completion_tokens
 
 
+def test_allowed_token_ids_restrict_the_output(client, server, tokenizer) -> None:
+    allowed = tokenizer(" 7 8 9,").input_ids
+    r = client.completions.create(model=server.model, prompt=PROMPT, max_tokens=6, temperature=1.0, seed=2,
+                                  extra_body={"allowed_token_ids": allowed})
+    assert set(r.choices[0].text) <= set(" 789,"), r.choices[0].text  # (only pieces of the allowed text)
+
+
+def test_include_stop_str_in_output(client, server) -> None:
+    cut = complete(client, server, stop=[" 8"]).choices[0].text
+    kept = complete(client, server, stop=[" 8"], extra_body={"include_stop_str_in_output": True}).choices[0].text
+    assert kept == cut + " 8" and cut == " 6, 7,"
+
+
 def test_min_p_one_is_greedy(client, server) -> None:
     free = complete(client, server).choices[0].text
     assert complete(client, server, temperature=1.5, seed=1, extra_body={"min_p": 1.0}).choices[0].text == free
@@ -57,7 +70,7 @@ def test_min_p_one_is_greedy(client, server) -> None:
 @pytest.mark.parametrize(("field", "value"), [
     ("presence_penalty", 2.5), ("frequency_penalty", -3), ("repetition_penalty", 0), ("min_p", 1.5),
     ("logit_bias", {"49152": 1}), ("logit_bias", {"12": 101}), ("logit_bias", {"x": 1}), ("min_tokens", 13),
-    ("bad_words", [" "]),
+    ("bad_words", [" "]), ("allowed_token_ids", []), ("allowed_token_ids", [49152]),
 ])
 def test_out_of_range_is_a_400_naming_the_field(client, server, field, value) -> None:
     with pytest.raises(BadRequestError) as e:
