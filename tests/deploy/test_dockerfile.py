@@ -56,13 +56,15 @@ def test_image_shape() -> None:
 
 def test_image_runs_the_cpu_profile() -> None:
     """The image's default command is the engine with deploy/profiles/smollm2-cpu.yaml, as `profile render`
-    prints it, and the compose CPU stack's engine runs that same command."""
+    prints it, and the compose CPU stack's engine runs that same command with its adapter root."""
     rendered = render_profile(DEPLOY / "profiles" / "smollm2-cpu.yaml", "embedded", MODEL)
     assert image_command() == [*rendered["command"], *rendered["args"]]
     assert rendered["env"] == {} and rendered["files"] == {}
     from tests.deploy.helpers import compose
 
-    assert ["lorafleet", *compose("cpu")["services"]["engine"]["command"]] == image_command()
+    # ... plus where the stack's gateway may have adapters loaded from (runtime loading is off unless given, #24)
+    assert ["lorafleet", *compose("cpu")["services"]["engine"]["command"]] == [*image_command(),
+                                                                               "--allow-runtime-lora", "/adapters"]
 
 
 def test_build_context_holds_the_sources_and_nothing_else(build_context) -> None:
