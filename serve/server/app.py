@@ -31,11 +31,13 @@ from serve.server.echo import StreamEcho, completion_choices
 from serve.server.logprobs_format import TokenStrings, chat_logprobs, completion_logprobs, prompt_logprobs_json
 from serve.server.metrics import ServerMetrics
 from serve.server.protocol import ChatCompletionRequest, CompletionRequest, LoadLoraAdapterRequest, UnloadLoraAdapterRequest
+from serve.server.responses import add_responses_routes
 from serve.server.structured_fields import request_structured
 from serve.server.runtime_lora import allowed_adapter_dir, require_enabled
 from serve.server.tokenization import add_tokenize_routes
 from serve.server.tools import ToolPlan, finish_reason, parse_tool_calls, plan_tools, prompt_token_ids
-from serve.server.translate import completion_max_tokens, prompt_ids, reject_unsupported, sampling_params, usage
+from serve.server.translate import (completion_max_tokens, prompt_ids, reject_unsupported, sampling_params, truncated,
+                                    usage)
 
 
 def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
@@ -92,7 +94,7 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
         check_fields(req, bounds)
         check_prompt_chars(prompt_chars(req.prompt), bounds, "prompt")
         adapter = adapter_for(req.model)
-        prompts = await tokenized(prompt_ids, engine, req.prompt)
+        prompts = truncated(await tokenized(prompt_ids, engine, req.prompt), req.truncate_prompt_tokens)
         for p in prompts:
             check_token_ids(p, bounds, "prompt")
         params = sampling_params(req, completion_max_tokens(req), prompts, engine.layout.max_model_len,
@@ -124,6 +126,7 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
         adapter = adapter_for(req.model)
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
         prompt = await tokenized(prompt_token_ids, engine.tokenizer, messages, plan, req.add_generation_prompt)
+        (prompt,) = truncated([prompt], req.truncate_prompt_tokens)
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         params = sampling_params(req, max_tokens, [prompt], engine.layout.max_model_len, structured,
                                  engine.layout.vocab_size)
@@ -147,6 +150,8 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
                 "choices": choices, "usage": usage([run.usage]),
                 **({"prompt_logprobs": prompt_logprobs_json(strings, run.prompt_logprobs)}
                    if params.prompt_logprobs is not None else {})}
+
+    add_responses_routes(app, chat_completions)  # /v1/responses: translated onto the chat handler above
 
     # -- adapters (same JSON as vLLM's runtime LoRA endpoints) -------------------------------------------
     @app.post("/v1/load_lora_adapter")

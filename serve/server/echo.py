@@ -18,17 +18,18 @@ from serve.server.logprobs_format import TokenStrings, completion_logprobs, echo
 from serve.server.protocol import CompletionRequest
 
 
-def prompt_texts(tokenizer: Any, prompt: Any, prompts: list[list[int]]) -> list[str]:
-    """Each prompt's text: as sent when it was text, decoded when it was token ids."""
-    sent = [prompt] if isinstance(prompt, str) else prompt
-    return [p if isinstance(p, str) else tokenizer.decode(ids) for p, ids in zip(sent, prompts)]
+def prompt_texts(tokenizer: Any, req: CompletionRequest, prompts: list[list[int]]) -> list[str]:
+    """Each prompt's text: as sent when it was text (and not truncated), else its token ids decoded."""
+    sent = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+    return [p if isinstance(p, str) and req.truncate_prompt_tokens is None else tokenizer.decode(ids)
+            for p, ids in zip(sent, prompts)]
 
 
 def completion_choices(strings: TokenStrings, tokenizer: Any, req: CompletionRequest, prompts: list[list[int]],
                        runs: list[PromptRun], params: SamplingParams) -> list[dict[str, Any]]:
     """The ``choices`` of a non-streamed completions response."""
     echo_only = req.echo and req.max_tokens == 0
-    texts = prompt_texts(tokenizer, req.prompt, prompts) if req.echo else [""] * len(prompts)
+    texts = prompt_texts(tokenizer, req, prompts) if req.echo else [""] * len(prompts)
     choices = []
     for i, run in enumerate(runs):
         for j, c in enumerate(run.choices):
@@ -51,7 +52,7 @@ class StreamEcho:
 
     def __init__(self, tokenizer: Any, req: CompletionRequest, prompts: list[list[int]]) -> None:
         self.prompts = prompts
-        self.texts = prompt_texts(tokenizer, req.prompt, prompts)
+        self.texts = prompt_texts(tokenizer, req, prompts)
         self.echo_only = req.max_tokens == 0
         self._prompt_chars: dict[int, int] = {}  # prompt index -> characters of its token strings
         self._started: set[tuple[int, int]] = set()

@@ -38,6 +38,7 @@ class _SamplingFields(BaseModel):
     min_tokens: int = 0  # vLLM extension
     allowed_token_ids: list[int] | None = None  # vLLM extension: only these tokens may be generated
     include_stop_str_in_output: bool = False  # vLLM extension
+    truncate_prompt_tokens: int | None = None  # vLLM extension: keep the prompt's last k tokens
     prompt_logprobs: int | None = None  # vLLM extension: logprobs of the prompt's tokens (k alternatives)
     # vLLM's constrained outputs (serve/server/structured_fields.py): one of them, or response_format
     structured_outputs: dict[str, Any] | None = None

@@ -24,7 +24,6 @@ NO_OP_VALUES: dict[str, tuple[Any, ...]] = {
     "use_beam_search": (False,),
     "length_penalty": (1, 1.0),  # beam search only
     "spaces_between_special_tokens": (True,),
-    "truncate_prompt_tokens": (None,),
     "prompt_embeds": (None,),
     "priority": (0,),
     "request_id": (None,),

@@ -35,6 +35,15 @@ def reject_unsupported(req: CompletionRequest | ChatCompletionRequest) -> None:
         raise HTTPError(400, "prompt_logprobs are not available with stream: true", "prompt_logprobs")
 
 
+def truncated(prompts: list[list[int]], keep: int | None) -> list[list[int]]:
+    """vLLM's ``truncate_prompt_tokens``: each prompt's last ``keep`` tokens (None: unchanged; 400 if < 1)."""
+    if keep is None:
+        return prompts
+    if keep < 1:
+        raise HTTPError(400, f"truncate_prompt_tokens must be at least 1, got {keep}", "truncate_prompt_tokens")
+    return [p[-keep:] for p in prompts]
+
+
 def completion_max_tokens(req: CompletionRequest) -> int | None:
     """``max_tokens``, except that ``echo`` with ``max_tokens: 0`` (the prompt only, as vLLM allows) runs one
     token, which the response leaves out."""

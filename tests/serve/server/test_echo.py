@@ -60,6 +60,17 @@ def test_echo_text_is_prompt_plus_completion(client, server) -> None:
     assert echoed.choices[0].logprobs is None
 
 
+def test_truncate_prompt_tokens_keeps_the_last_tokens(client, server, tokenizer) -> None:
+    ids = tokenizer(CONTEXT + CONTINUATIONS[2]).input_ids
+    r = client.completions.create(model=server.model, prompt=CONTEXT + CONTINUATIONS[2], max_tokens=0, echo=True,
+                                  logprobs=0, extra_body={"truncate_prompt_tokens": 5})
+    assert r.choices[0].text == tokenizer.decode(ids[-5:]) and len(r.choices[0].logprobs.tokens) == 5
+    assert r.usage.prompt_tokens == 5
+    with pytest.raises(BadRequestError) as e:
+        client.completions.create(model=server.model, prompt="Hi", max_tokens=1, extra_body={"truncate_prompt_tokens": 0})
+    assert e.value.body["param"] == "truncate_prompt_tokens"
+
+
 def test_prompt_logprobs_on_completions_and_chat(client, server, tokenizer, hf_model) -> None:
     ids = tokenizer(CONTEXT).input_ids
     r = client.completions.create(model=server.model, prompt=CONTEXT, max_tokens=1, temperature=0,
