@@ -31,6 +31,7 @@ from serve.server.echo import StreamEcho, completion_choices
 from serve.server.logprobs_format import TokenStrings, chat_logprobs, completion_logprobs, prompt_logprobs_json
 from serve.server.metrics import ServerMetrics
 from serve.server.protocol import ChatCompletionRequest, CompletionRequest, LoadLoraAdapterRequest, UnloadLoraAdapterRequest
+from serve.server.responses import add_responses_routes
 from serve.server.structured_fields import request_structured
 from serve.server.runtime_lora import allowed_adapter_dir, require_enabled
 from serve.server.tokenization import add_tokenize_routes
@@ -149,6 +150,8 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
                 "choices": choices, "usage": usage([run.usage]),
                 **({"prompt_logprobs": prompt_logprobs_json(strings, run.prompt_logprobs)}
                    if params.prompt_logprobs is not None else {})}
+
+    add_responses_routes(app, chat_completions)  # /v1/responses: translated onto the chat handler above
 
     # -- adapters (same JSON as vLLM's runtime LoRA endpoints) -------------------------------------------
     @app.post("/v1/load_lora_adapter")
