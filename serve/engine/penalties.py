@@ -99,13 +99,15 @@ def tokenize_bad_words(tokenizer, words: tuple[str, ...]) -> tuple[tuple[int, ..
 
 
 def apply_adjust(logits: torch.Tensor, adjust: LogitsAdjust) -> torch.Tensor:
-    """``logits`` [n, vocab] with ``adjust`` applied (a new tensor; the input is left as it was)."""
+    """``logits`` [n, vocab] with ``adjust`` applied (a new tensor; the input is left as it was). The order is
+    vLLM's v1 sampler's (and HF's, for sequence bias before the repetition penalty): allowed ids, then biases
+    and bans, then penalties."""
     out = logits.clone()
-    p = adjust.penalties
-    if p is not None:
-        out[p.rows] = apply_penalties(out[p.rows], p.prompt_mask, p.output_counts, p.presence, p.frequency, p.repetition)
     if adjust.allowed_rows is not None:
         out[adjust.allowed_rows] = out[adjust.allowed_rows].masked_fill(~adjust.allowed_mask, float("-inf"))
     if adjust.bias_rows is not None and adjust.bias_rows.numel():
         out.index_put_((adjust.bias_rows, adjust.bias_token_ids), adjust.bias_values, accumulate=True)
+    p = adjust.penalties
+    if p is not None:
+        out[p.rows] = apply_penalties(out[p.rows], p.prompt_mask, p.output_counts, p.presence, p.frequency, p.repetition)
     return out

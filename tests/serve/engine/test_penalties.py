@@ -93,6 +93,17 @@ def test_logit_bias_equals_hf_sequence_bias(logits: torch.Tensor) -> None:
     assert torch.equal(ours[[0, 2]], logits[[0, 2]]), "other rows are untouched"
 
 
+def test_bias_comes_before_the_repetition_penalty_as_in_hf(logits: torch.Tensor) -> None:
+    """HF's generate applies SequenceBias before RepetitionPenalty, vLLM its logit bias before penalties."""
+    ids = torch.tensor([PROMPTS[0] + OUTPUTS[0]])
+    pen = PenaltyBatch(torch.tensor([0]), torch.zeros(1), torch.zeros(1), torch.tensor([1.7]),
+                       token_counts([OUTPUTS[0]], VOCAB), token_counts([PROMPTS[0]], VOCAB) > 0)
+    adjust = LogitsAdjust(torch.tensor([0, 0]), torch.tensor([3, 9]), torch.tensor([2.5, -4.0]), pen)
+    ref = SequenceBiasLogitsProcessor({(3,): 2.5, (9,): -4.0})(ids, logits[:1].clone())
+    ref = RepetitionPenaltyLogitsProcessor(1.7)(ids, ref)
+    torch.testing.assert_close(apply_adjust(logits, adjust)[:1], ref)
+
+
 def test_batched_adjust_only_touches_its_rows(logits: torch.Tensor) -> None:
     pen = PenaltyBatch(torch.tensor([2]), torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([1.5]),
                        token_counts([OUTPUTS[2]], VOCAB), token_counts([PROMPTS[2]], VOCAB) > 0)
