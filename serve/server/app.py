@@ -145,11 +145,13 @@ def build_app(engine: AsyncEngine, cfg: ServerConfig) -> FastAPI:
                 if calls:
                     message["tool_calls"] = calls
             choices.append({"index": j, "message": message, "finish_reason": finish_reason(c.finish_reason, plan, bool(calls)),
-                            "logprobs": chat_logprobs(strings, c.logprobs) if params.logprobs is not None else None})
+                            "logprobs": chat_logprobs(strings, c.logprobs) if params.logprobs is not None else None,
+                            **({"token_ids": c.token_ids} if req.return_token_ids else {})})
         return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": req.model,
                 "choices": choices, "usage": usage([run.usage]),
                 **({"prompt_logprobs": prompt_logprobs_json(strings, run.prompt_logprobs)}
-                   if params.prompt_logprobs is not None else {})}
+                   if params.prompt_logprobs is not None else {}),
+                **({"prompt_token_ids": prompt} if req.return_token_ids else {})}
 
     add_responses_routes(app, chat_completions)  # /v1/responses: translated onto the chat handler above
 

@@ -42,6 +42,8 @@ def completion_choices(strings: TokenStrings, tokenizer: Any, req: CompletionReq
                       "finish_reason": "length" if echo_only else c.finish_reason, "logprobs": logprobs}
             if req.prompt_logprobs is not None:
                 choice["prompt_logprobs"] = prompt_logprobs_json(strings, run.prompt_logprobs)
+            if req.return_token_ids:  # vLLM's: the prompt's and the output's token ids
+                choice["prompt_token_ids"], choice["token_ids"] = prompts[i], [] if echo_only else c.token_ids
             choices.append(choice)
     return choices
 

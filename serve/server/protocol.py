@@ -39,6 +39,7 @@ class _SamplingFields(BaseModel):
     allowed_token_ids: list[int] | None = None  # vLLM extension: only these tokens may be generated
     include_stop_str_in_output: bool = False  # vLLM extension
     truncate_prompt_tokens: int | None = None  # vLLM extension: keep the prompt's last k tokens
+    return_token_ids: bool = False  # vLLM extension: prompt_token_ids and token_ids in the answer (not streamed)
     prompt_logprobs: int | None = None  # vLLM extension: logprobs of the prompt's tokens (k alternatives)
     # vLLM's constrained outputs (serve/server/structured_fields.py): one of them, or response_format
     structured_outputs: dict[str, Any] | None = None

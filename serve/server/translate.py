@@ -31,6 +31,8 @@ def reject_unsupported(req: CompletionRequest | ChatCompletionRequest) -> None:
             raise HTTPError(400, f"stream_options.{name} is not supported", f"stream_options.{name}")
     if isinstance(req, CompletionRequest) and req.suffix:
         raise HTTPError(400, "suffix is not supported", "suffix")
+    if req.return_token_ids and req.stream:
+        raise HTTPError(400, "return_token_ids is not available with stream: true yet", "return_token_ids")
     if req.prompt_logprobs is not None and req.stream:  # (vLLM refuses it too)
         raise HTTPError(400, "prompt_logprobs are not available with stream: true", "prompt_logprobs")
 

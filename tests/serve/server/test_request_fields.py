@@ -37,7 +37,7 @@ ASKING = {
     "best_of": 3, "use_beam_search": True, "length_penalty": 0.5,
     "spaces_between_special_tokens": False,
     "prompt_embeds": "AAAA", "priority": 1, "request_id": "mine", "logits_processors": ["a.b"],
-    "return_tokens_as_token_ids": True, "return_token_ids": True, "cache_salt": "salt",
+    "return_tokens_as_token_ids": True, "cache_salt": "salt",
     "kv_transfer_params": {"a": 1}, "vllm_xargs": {"a": 1}, "mm_processor_kwargs": {"a": 1},
     "chat_template": "{{ messages }}", "chat_template_kwargs": {"a": 1}, "documents": [{"text": "x"}],
     "continue_final_message": True, "reasoning_effort": "low", "echo": True, "suffix": "x",
@@ -70,7 +70,7 @@ def test_the_walk_covers_every_field() -> None:
         assert field in ASKING or field in ALWAYS_NO_OP or field == "add_special_tokens", field
     supported = set(CompletionRequest.model_fields) & set(VLLM_COMPLETION_FIELDS)
     assert {"echo", "logit_bias", "prompt_logprobs", "structured_outputs", "guided_choice", "min_p",
-            "allowed_token_ids", "include_stop_str_in_output", "truncate_prompt_tokens"} <= supported
+            "allowed_token_ids", "include_stop_str_in_output", "truncate_prompt_tokens", "return_token_ids"} <= supported
 
 
 @pytest.mark.parametrize(("endpoint", "field"), UNSUPPORTED)

@@ -1,5 +1,5 @@
 """``/tokenize`` and ``/detokenize`` on a real ``lorafleet serve``: vLLM's JSON, ids equal to the HF tokenizer's
-and to what the chat endpoint counts as the prompt."""
+and to what the chat endpoint counts as the prompt; and vLLM's ``return_token_ids`` on completions and chat."""
 
 from __future__ import annotations
 
@@ -29,6 +29,21 @@ def test_tokenize_messages_equals_the_chat_prompt(http, server, tokenizer) -> No
     no_gen = http.post("/tokenize", json={"messages": CAPITAL, "add_generation_prompt": False}).json()
     assert no_gen["tokens"] == chat_token_ids(tokenizer, CAPITAL, add_generation_prompt=False)
     assert no_gen["count"] < body["count"]
+
+
+def test_return_token_ids(http, server, tokenizer) -> None:
+    """vLLM's return_token_ids: the prompt's ids and the output's, which decode to the text."""
+    body = {"model": server.model, "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0,
+            "return_token_ids": True}
+    choice = http.post("/v1/completions", json=body).json()["choices"][0]
+    assert choice["prompt_token_ids"] == tokenizer("The capital of France is").input_ids
+    assert len(choice["token_ids"]) == 6 and tokenizer.decode(choice["token_ids"]) == choice["text"]
+    chat = http.post("/v1/chat/completions", json={"model": server.model, "messages": CAPITAL, "max_tokens": 4,
+                                                   "return_token_ids": True}).json()
+    assert chat["prompt_token_ids"] == chat_token_ids(tokenizer, CAPITAL)
+    assert len(chat["choices"][0]["token_ids"]) == chat["usage"]["completion_tokens"]
+    r = http.post("/v1/completions", json={**body, "stream": True})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "return_token_ids"
 
 
 def test_detokenize_round_trips(http, server, tokenizer) -> None:
