@@ -21,6 +21,10 @@ class Endpoint(str, Enum):
 
     COMPLETIONS = "/v1/completions"
     CHAT = "/v1/chat/completions"
+    RESPONSES = "/v1/responses"  #: served by vLLM and our engine; SGLang and TensorRT-LLM are refused (400)
+
+#: backend kinds that serve OpenAI's Responses API
+RESPONSES_KINDS = ("vllm", "embedded")
 
 
 @dataclass(frozen=True, slots=True)

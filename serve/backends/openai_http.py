@@ -8,6 +8,7 @@ adapters are loaded, and the metrics format.
 from __future__ import annotations
 
 import json
+import re
 from http import HTTPStatus
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -15,13 +16,15 @@ from typing import Any
 import httpx
 
 from lorafleet.errors import BackendError
-from serve.backends.base import (Backend, BackendSpec, EngineMetrics, ServedModels, UpstreamError, UpstreamRequest,
+from serve.backends.base import (Backend, BackendSpec, Endpoint, EngineMetrics, ServedModels, UpstreamError, UpstreamRequest,
                                  UpstreamResponse)
 from serve.backends.engine_metrics import parse_engine_metrics
 from serve.backends.http1 import HTTP1Pool
 from serve.backends.sse import SSEDecoder
 
 DONE = b"[DONE]"
+#: the last event of a Responses API stream, which has no [DONE] (not preceded by a backslash: not in a string)
+RESPONSES_END = re.compile(rb'(?<!\\)"type":\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
 
 
 def error_message(body: Any, fallback: str) -> str:
@@ -152,6 +155,8 @@ class OpenAIHTTPBackend(Backend):
                     continue
                 started = True
                 done = payloads[-1] == DONE
+                if req.endpoint is Endpoint.RESPONSES and RESPONSES_END.search(payloads[-1]):
+                    payloads, done = [*payloads, DONE], True  # the relay's end marker; it is not sent on
                 if rewrite is not None:
                     payloads = [p.replace(rewrite[0], rewrite[1], 1) for p in payloads]
                 yield payloads

@@ -58,6 +58,10 @@ _CHAT = {"type": "object", "required": ["model", "messages"], "properties": {
                         "instead of sending messages (send messages: [])",
                         "properties": {"name": {"type": "string"}, "version": {"type": "string"},
                                        "variables": {"type": "object"}}}}}
+_RESPONSES = {"type": "object", "required": ["model", "input"], "properties": {
+    "model": {"type": "string"}, "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+    "instructions": {"type": "string"}, "max_output_tokens": {"type": "integer", "minimum": 1},
+    "stream": {"type": "boolean"}, "store": {"type": "boolean"}, "previous_response_id": {"type": "string"}}}
 
 
 def _operation(summary: str, body: dict[str, Any], operation_id: str) -> dict[str, Any]:
@@ -74,6 +78,7 @@ def _operation(summary: str, body: dict[str, Any], operation_id: str) -> dict[st
 GENERATION_PATHS: dict[str, Any] = {
     "/v1/completions": _operation("OpenAI text completion, relayed to a replica", _COMPLETION, "completions"),
     "/v1/chat/completions": _operation("OpenAI chat completion, relayed to a replica", _CHAT, "chat_completions"),
+    "/v1/responses": _operation("OpenAI Responses API, relayed to a vLLM or lorafleet replica", _RESPONSES, "responses"),
 }
 
 

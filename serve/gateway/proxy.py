@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from lorafleet.errors import BackendError
-from serve.backends.base import Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse
+from serve.backends.base import RESPONSES_KINDS, Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse
 from serve.gateway.admission import QueueFull
 from serve.gateway.auth import KeySpec, bearer_token
 from serve.gateway.errors import GatewayError, status_of
@@ -100,7 +100,8 @@ async def _serve(state: GatewayState, incoming: Incoming, req: ClientRequest, fl
 
         replica, (first, batches) = await _with_deadline(deadline_s, dispatch(state, record, upstream, keys, open_stream))
         flight.release_replica = _releaser(state, record, replica)
-        await relay_stream(send, flight, first, batches, req.include_usage, deadline_s)
+        await relay_stream(send, flight, first, batches, req.include_usage, deadline_s,
+                           send_done=req.endpoint is not Endpoint.RESPONSES)
         return
 
     async def call(replica: Replica) -> UpstreamResponse:
@@ -123,7 +124,7 @@ async def dispatch(state: GatewayState, record: RequestRecord, upstream: Upstrea
     tried: list[str] = []
     last_error: BaseException | None = None
     for num_attempt in range(state.cfg.limits.max_retries + 1):
-        candidates = state.fleet.candidates(record.base_model, exclude=tried)
+        candidates = _serving(state.fleet.candidates(record.base_model, exclude=tried), upstream.endpoint, not tried)
         if not candidates:
             break
         replica = _route(state, record, candidates, keys)
@@ -151,6 +152,19 @@ async def dispatch(state: GatewayState, record: RequestRecord, upstream: Upstrea
             last_error = e
     detail = f"; last error: {last_error}" if last_error else ""
     raise GatewayError(503, f"no healthy backend serves '{record.adapter or record.base_model}'{detail}")
+
+
+def _serving(candidates: list[Replica], endpoint: Endpoint, is_first: bool) -> list[Replica]:
+    """The candidates that serve ``endpoint``: SGLang and TensorRT-LLM have no /v1/responses (400 if only they
+    serve the model, since no retry can help)."""
+    if endpoint is not Endpoint.RESPONSES:
+        return candidates
+    serving = [r for r in candidates if r.spec.kind in RESPONSES_KINDS]
+    if is_first and candidates and not serving:
+        kinds = ", ".join(sorted({r.spec.kind for r in candidates}))
+        raise GatewayError(400, f"/v1/responses is not served by this model's backends ({kinds}); use "
+                                "/v1/chat/completions", "model")
+    return serving
 
 
 def _route(state: GatewayState, record: RequestRecord, candidates: list[Replica], keys: tuple[int, ...]) -> Replica:

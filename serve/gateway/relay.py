@@ -23,7 +23,7 @@ DONE = b"[DONE]"
 _PROMPT_TOKENS = re.compile(rb'"prompt_tokens":\s*(\d+)')
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens":\s*(\d+)')
 _NO_CHOICES = b'"choices":[]'
-_TOKEN = re.compile(rb'"(?:content|text)":"[^"]')  # a chunk with generated text
+_TOKEN = re.compile(rb'"(?:content|text|delta)":"[^"]')  # a chunk with generated text (a Responses delta too)
 Send = Callable[[dict], Awaitable[None]]
 SSE_START = {"type": "http.response.start", "status": 200,
              "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
@@ -49,9 +49,9 @@ class RequestRecord:
     completion_tokens: int | None = None  #: from the engine's usage; None until known
 
     def take_usage(self, usage: Any) -> None:
-        if isinstance(usage, Mapping):
-            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+        if isinstance(usage, Mapping):  # (input_tokens/output_tokens: the Responses API's names)
+            self.prompt_tokens = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
 
     def take_usage_chunk(self, payload: bytes) -> bool:
         """Read the usage of a chunk that has one; return whether it also has choices. The usual compact
@@ -62,7 +62,7 @@ class RequestRecord:
             self.prompt_tokens, self.completion_tokens = int(prompt[1]), int(completion[1])
             return _NO_CHOICES not in payload
         chunk = json.loads(payload)
-        self.take_usage(chunk.get("usage"))
+        self.take_usage(chunk.get("usage") or (chunk.get("response") or {}).get("usage"))
         return bool(chunk.get("choices"))
 
     def on_token_events(self, now: float, count: int) -> None:
@@ -121,7 +121,7 @@ class InFlight:
             finish_request(self.state, self.record)
 
 
-def frames(record: RequestRecord, batch: list[bytes], include_usage: bool) -> tuple[bytes, bool]:
+def frames(record: RequestRecord, batch: list[bytes], include_usage: bool, send_done: bool = True) -> tuple[bytes, bool]:
     """The SSE bytes for the client from one batch of payloads, and whether the batch ended with [DONE].
 
     Token events are timed (those of one batch arrived together), the usage chunk is read (and dropped if the
@@ -132,27 +132,28 @@ def frames(record: RequestRecord, batch: list[bytes], include_usage: bool) -> tu
         chunks = [p for p in chunks if not (b'"usage":{' in p and not record.take_usage_chunk(p) and not include_usage)]
     if chunks:
         record.on_token_events(time.monotonic(), sum(1 for p in chunks if _TOKEN.search(p)))
-    parts = [*chunks, DONE] if is_done else chunks
+    parts = [*chunks, DONE] if is_done and send_done else chunks
     return (b"data: " + b"\n\ndata: ".join(parts) + b"\n\n") if parts else b"", is_done
 
 
 async def relay_stream(send: Send, flight: InFlight, first: list[bytes], batches: AsyncIterator[list[bytes]],
-                       include_usage: bool, deadline_s: float) -> None:
+                       include_usage: bool, deadline_s: float, send_done: bool = True) -> None:
     """Write the SSE response: ``first`` then the rest of ``batches``. Always ends the response: with [DONE],
     or with an error event if the replica fails or the request's deadline passes. Cancellation (the client
     went away) propagates. The upstream iterator is closed on every path (which aborts an unfinished
-    request); after [DONE] it is first read to its end so its connection can be reused."""
+    request); after [DONE] it is first read to its end so its connection can be reused. ``send_done`` false:
+    [DONE] is only the backend's end marker (a Responses API stream ends with its last event)."""
     record = flight.record
     await send(SSE_START)
     try:
-        out, is_done = frames(record, first, include_usage)
+        out, is_done = frames(record, first, include_usage, send_done)
         try:
             if not is_done:  # (a replica that answered at once needs no timer)
                 async with asyncio.timeout(max(0.0, deadline_s - time.monotonic())):
                     while not is_done:
                         if out:
                             await send({"type": "http.response.body", "body": out, "more_body": True})
-                        out, is_done = frames(record, await anext(batches), include_usage)
+                        out, is_done = frames(record, await anext(batches), include_usage, send_done)
         except TimeoutError:
             record.status, out = 504, sse_error_event(504, "request timed out in the gateway")
         except BackendError as e:

@@ -16,7 +16,7 @@ def check_request_limits(body: Mapping[str, Any], endpoint: Endpoint, limits: Li
     """Raise GatewayError(400) if ``body`` asks for more than ``limits`` allow. Values of the wrong type are
     left to the engine, which answers them with its own 400."""
     max_tokens, max_n, max_prompts = limits.max_tokens, limits.max_n, limits.max_prompts
-    for name in ("max_tokens", "max_completion_tokens"):
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         value = body.get(name)
         if _is_int(value) and value > max_tokens:
             raise GatewayError(400, f"'{name}' is {value}, above this gateway's limit of {max_tokens}", name)

@@ -80,6 +80,9 @@ def parse_request(raw: bytes, endpoint: Endpoint) -> ClientRequest:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             raise GatewayError(400, "'messages' must be a non-empty list of message objects", "messages")
+    elif endpoint is Endpoint.RESPONSES:
+        if not isinstance(body.get("input"), (str, list)):
+            raise GatewayError(400, "'input' is required: a string or a list of input items", "input")
     elif "prompt" not in body:
         raise GatewayError(400, "'prompt' is required", "prompt")
     stream = body.get("stream", False)
@@ -88,7 +91,9 @@ def parse_request(raw: bytes, endpoint: Endpoint) -> ClientRequest:
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise GatewayError(400, "'stream_options' must be an object", "stream_options")
-    return ClientRequest(endpoint, body, model, stream, bool(stream and options and options.get("include_usage")), raw)
+    # (Responses streams: their usage rides in the final response.completed event, which is always relayed)
+    usage_asked = endpoint is Endpoint.RESPONSES or bool(options and options.get("include_usage"))
+    return ClientRequest(endpoint, body, model, stream, stream and usage_asked, raw)
 
 
 def upstream_body(req: ClientRequest) -> tuple[Mapping[str, Any], bytes | None]:

@@ -117,6 +117,8 @@ def _chat_tool_choice(choice: str | dict[str, Any] | None) -> str | dict[str, An
 
 def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
     fmt = (text or {}).get("format")
+    if fmt is not None and not isinstance(fmt, dict):
+        raise HTTPError(400, "text.format must be an object {\"type\": ...}", "text")
     if fmt is None or fmt.get("type") in (None, "text"):
         return None
     if fmt.get("type") == "json_schema":
