@@ -11,6 +11,7 @@ an ``error`` event followed by ``response.failed``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -25,6 +26,9 @@ class _Events:
         self.seq = 0
         self.items: list[dict[str, Any]] = []
         self.open: dict[str, Any] | None = None  #: the item being streamed (its index is len(items) - 1)
+        self.usage: dict[str, Any] | None = None  #: the chat stream's usage block, once sent
+        self.finish: str | None = None  #: the chat choice's finish reason, once sent
+        self.failed = False  #: an error event ended the stream
 
     def event(self, kind: str, **fields: Any) -> str:
         body = {"type": kind, **fields, "sequence_number": self.seq}
@@ -98,31 +102,41 @@ def _feed(ev: _Events, delta: dict[str, Any]) -> list[str]:
     return out
 
 
+def _translate(ev: _Events, req: ResponsesRequest, rid: str, lines: str | bytes) -> list[str]:
+    """The events for one piece of the chat stream (noting its usage and finish reason on ``ev``)."""
+    out: list[str] = []
+    for chunk in _chunks(lines if isinstance(lines, str) else lines.decode()):
+        if "error" in chunk:
+            err = chunk["error"]
+            out.append(ev.event("error", code=str(err.get("code")), message=err.get("message"), param=err.get("param")))
+            failed = response_object(req, rid, "failed", ev.items, None)
+            failed["error"] = {"code": "server_error", "message": err.get("message")}
+            ev.failed = True
+            return out + [ev.event("response.failed", response=failed)]
+        ev.usage = chunk.get("usage") or ev.usage
+        for choice in chunk.get("choices") or ():
+            out += _feed(ev, choice.get("delta") or {})
+            ev.finish = choice.get("finish_reason") or ev.finish
+    return out
+
+
 async def response_events(req: ResponsesRequest, rid: str, chat_stream: AsyncIterator[str],
                           on_done: Callable[[dict[str, Any]], None]) -> AsyncIterator[str]:
     """Responses events for one streamed chat completion; ``on_done`` gets the final Response object."""
     ev = _Events()
     yield ev.event("response.created", response=response_object(req, rid, "in_progress", [], None))
     yield ev.event("response.in_progress", response=response_object(req, rid, "in_progress", [], None))
-    finish, usage = None, None
-    async for lines in chat_stream:
-        for chunk in _chunks(lines if isinstance(lines, str) else lines.decode()):
-            if "error" in chunk:
-                err = chunk["error"]
-                yield ev.event("error", code=str(err.get("code")), message=err.get("message"), param=err.get("param"))
-                failed = response_object(req, rid, "failed", ev.items, None)
-                failed["error"] = {"code": "server_error", "message": err.get("message")}
-                yield ev.event("response.failed", response=failed)
+    # closed on every path, so a client that leaves mid-stream aborts the engine request at once
+    async with contextlib.aclosing(chat_stream) as chat_chunks:
+        async for lines in chat_chunks:
+            for event in _translate(ev, req, rid, lines):
+                yield event
+            if ev.failed:
                 return
-            usage = chunk.get("usage") or usage
-            for choice in chunk.get("choices") or ():
-                for event in _feed(ev, choice.get("delta") or {}):
-                    yield event
-                finish = choice.get("finish_reason") or finish
     for event in ev.close():
         yield event
     if not ev.items:
         ev.items.append(message_item("", new_id("msg")))
-    final = response_object(req, rid, "completed", ev.items, usage, finish)
+    final = response_object(req, rid, "completed", ev.items, ev.usage, ev.finish)
     on_done(final)
     yield ev.event(f"response.{final['status']}", response=final)
