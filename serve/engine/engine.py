@@ -3,6 +3,7 @@ thread that drives it under an asyncio server."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import zlib
@@ -74,6 +75,19 @@ class _Request:
     holds_slot: bool = False  #: pins a LoRA slot (released when the last choice finishes)
     #: prompt logprobs by prompt position (index 0 stays None), filled chunk by chunk during the prefill
     prompt_logprobs: list[TokenLogprob | None] | None = None
+
+
+def cache_key(adapter: str | None, cache_salt: str | None) -> int:
+    """Prefix-cache key of a request's blocks: 0 for the base model, else a stable id of its adapter and
+    cache salt, so that only requests with the same adapter and salt share blocks (vLLM's ``cache_salt``
+    keeps other tenants from probing which prompts are cached)."""
+    if adapter is None and cache_salt is None:
+        return 0
+    key = zlib.crc32(adapter.encode()) + 1 if adapter else 0
+    if cache_salt is not None:
+        salt = int.from_bytes(hashlib.sha256(cache_salt.encode()).digest()[:8], "little")
+        key = (key << 64) | salt | 1 << 63  # (never 0: a salted base-model request is not the base key)
+    return key
 
 
 def check_params(params: SamplingParams, layout: EngineLayout) -> None:
@@ -152,7 +166,7 @@ class LLMEngine:
             prompt_token_ids=list(prompt_token_ids),
             params=params,
             adapter=adapter,
-            adapter_key=zlib.crc32(adapter.encode()) + 1 if adapter else 0,
+            adapter_key=cache_key(adapter, params.cache_salt),
             max_len=min(self.layout.max_model_len, len(prompt_token_ids) + params.max_tokens),
             request_id=request_id,
             index=i,

@@ -84,6 +84,8 @@ class SamplingParams:
     bad_words_token_ids: tuple[tuple[int, ...], ...] = ()
     #: EOS and stop token ids are masked until this many tokens were generated (at most ``max_tokens``)
     min_tokens: int = 0
+    #: vLLM's cache_salt: only requests with the same salt (and adapter) share prefix-cache blocks
+    cache_salt: str | None = None
     #: vLLM's allowed_token_ids: when non-empty, only these tokens may be generated
     allowed_token_ids: tuple[int, ...] = ()
     extra: dict = field(default_factory=dict, compare=False)  #: reserved for backend-specific options
@@ -128,6 +130,8 @@ class SamplingParams:
                             f"token {bad_bias[0]}")
         if any(not w.strip() for w in self.bad_words) or any(not w for w in self.bad_words_token_ids):
             problems.append("bad_words must be non-empty")
+        if self.cache_salt is not None and not self.cache_salt:
+            problems.append("cache_salt must be a non-empty string")
         if not 0 <= self.min_tokens <= self.max_tokens:
             problems.append(f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}")
         return problems

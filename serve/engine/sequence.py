@@ -56,7 +56,7 @@ class Sequence:
     prompt_token_ids: list[int]
     params: SamplingParams
     adapter: str | None = None  #: adapter name, ``None`` for the base model
-    adapter_key: int = 0  #: stable integer id of the adapter for prefix-cache hashing (0: base)
+    adapter_key: int = 0  #: stable integer id of the adapter and cache salt for prefix-cache hashing (0: base)
     lora_slot: int = -1  #: LoRA slot the adapter occupies while the sequence runs (-1: base)
     max_len: int = 0  #: context length cap (prompt + output) for this sequence
     token_ids: list[int] = field(default_factory=list)

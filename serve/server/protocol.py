@@ -40,6 +40,7 @@ class _SamplingFields(BaseModel):
     include_stop_str_in_output: bool = False  # vLLM extension
     truncate_prompt_tokens: int | None = None  # vLLM extension: keep the prompt's last k tokens
     return_token_ids: bool = False  # vLLM extension: prompt_token_ids and token_ids in the answer (not streamed)
+    cache_salt: str | None = None  # vLLM extension: only requests with the same salt share cached prefixes
     prompt_logprobs: int | None = None  # vLLM extension: logprobs of the prompt's tokens (k alternatives)
     # vLLM's constrained outputs (serve/server/structured_fields.py): one of them, or response_format
     structured_outputs: dict[str, Any] | None = None

@@ -29,7 +29,6 @@ NO_OP_VALUES: dict[str, tuple[Any, ...]] = {
     "request_id": (None,),
     "logits_processors": (None,),
     "return_tokens_as_token_ids": (None, False),
-    "cache_salt": (None,),
     "kv_transfer_params": (None,),
     "vllm_xargs": (None,),
     "mm_processor_kwargs": (None,),

@@ -82,7 +82,7 @@ def logits_controls(req: CompletionRequest | ChatCompletionRequest, vocab_size: 
                 repetition_penalty=req.repetition_penalty, min_p=req.min_p,
                 logit_bias=logit_bias(req.logit_bias, vocab_size), bad_words=tuple(req.bad_words or ()),
                 min_tokens=req.min_tokens, allowed_token_ids=allowed_token_ids(req.allowed_token_ids, vocab_size),
-                include_stop_str_in_output=req.include_stop_str_in_output)
+                include_stop_str_in_output=req.include_stop_str_in_output, cache_salt=req.cache_salt)
 
 
 def allowed_token_ids(ids: list[int] | None, vocab_size: int | None) -> tuple[int, ...]:

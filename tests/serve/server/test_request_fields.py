@@ -37,7 +37,7 @@ ASKING = {
     "best_of": 3, "use_beam_search": True, "length_penalty": 0.5,
     "spaces_between_special_tokens": False,
     "prompt_embeds": "AAAA", "priority": 1, "request_id": "mine", "logits_processors": ["a.b"],
-    "return_tokens_as_token_ids": True, "cache_salt": "salt",
+    "return_tokens_as_token_ids": True,
     "kv_transfer_params": {"a": 1}, "vllm_xargs": {"a": 1}, "mm_processor_kwargs": {"a": 1},
     "chat_template": "{{ messages }}", "chat_template_kwargs": {"a": 1}, "documents": [{"text": "x"}],
     "continue_final_message": True, "reasoning_effort": "low", "echo": True, "suffix": "x",
@@ -70,7 +70,8 @@ def test_the_walk_covers_every_field() -> None:
         assert field in ASKING or field in ALWAYS_NO_OP or field == "add_special_tokens", field
     supported = set(CompletionRequest.model_fields) & set(VLLM_COMPLETION_FIELDS)
     assert {"echo", "logit_bias", "prompt_logprobs", "structured_outputs", "guided_choice", "min_p",
-            "allowed_token_ids", "include_stop_str_in_output", "truncate_prompt_tokens", "return_token_ids"} <= supported
+            "allowed_token_ids", "include_stop_str_in_output", "truncate_prompt_tokens", "return_token_ids",
+            "cache_salt"} <= supported
 
 
 @pytest.mark.parametrize(("endpoint", "field"), UNSUPPORTED)
@@ -98,3 +99,15 @@ def test_unknown_fields_are_400s(http, server, endpoint) -> None:
     r = post(http, server.model, endpoint, stream=True, stream_options={"include_usage": True,
                                                                         "continuous_usage_stats": True})
     assert r.status_code == 400 and r.json()["error"]["param"] == "stream_options.continuous_usage_stats"
+
+
+def test_cache_salt_separates_prefix_caches(http, server) -> None:
+    prompt = "A salted prompt that no other test sends, long enough to fill two blocks of sixteen tokens each. " * 2
+
+    def cached(salt: str) -> int:
+        r = post(http, server.model, "completions", prompt=prompt, cache_salt=salt)
+        assert r.status_code == 200, r.text
+        return r.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+    assert cached("tenant-a") == 0 and cached("tenant-a") > 0 and cached("tenant-b") == 0
+    assert post(http, server.model, "completions", cache_salt="").json()["error"]["param"] == "cache_salt"
