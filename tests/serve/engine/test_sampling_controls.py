@@ -62,6 +62,8 @@ def assert_starts_with_hf(ours: list[int], ref: list[int], eos_ids) -> None:
     assert ours[:len(ref)] == ref
 
 
+@pytest.mark.slow  # HF generate with a processor per prompt and penalty: about 30 s (the unit tests of
+# serve/engine/penalties.py check the same math against HF's processor in the fast tier)
 def test_repetition_penalty_matches_hf(engine, prompt_set, hf_generate, hf_greedy, eos_token_ids) -> None:
     prompts = [prompt_set[i].token_ids for i in PROMPTS[:3]]
     for r, chosen in ((1.3, prompts), (0.8, prompts[1:2])):  # a penalty < 1 rewards repeats
@@ -71,6 +73,7 @@ def test_repetition_penalty_matches_hf(engine, prompt_set, hf_generate, hf_greed
         assert outs != [hf_greedy(p, NUM_TOKENS) for p in chosen], f"the penalty {r} must change some output"
 
 
+@pytest.mark.slow  # about 10 s; the closed form is also checked on random logits in test_penalties.py
 def test_presence_and_frequency_match_closed_form(engine, prompt_set, hf_generate, eos_token_ids) -> None:
     for i, (presence, frequency) in zip(PROMPTS[:3], ((1.5, 0.0), (0.0, 1.0), (-0.5, 0.7))):
         p = prompt_set[i].token_ids
