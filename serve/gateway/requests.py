@@ -111,6 +111,11 @@ def upstream_body(req: ClientRequest) -> tuple[Mapping[str, Any], bytes | None]:
 
 def prompt_text(body: Mapping[str, Any]) -> str | list[int] | None:
     """The text (or token ids) whose prefix identifies the request's KV cache; None if there is no single prompt."""
+    if "input" in body and "messages" not in body:  # a Responses API body: the chat messages it becomes
+        items = body["input"] if isinstance(body["input"], list) else [{"role": "user", "content": body["input"]}]
+        instructions = body.get("instructions")
+        system = [{"role": "system", "content": instructions}] if isinstance(instructions, str) and instructions else []
+        return prompt_text({"messages": system + items})
     messages = body.get("messages")
     if isinstance(messages, list):
         parts = []

@@ -13,6 +13,7 @@ import pytest
 from openai import OpenAI
 
 from serve.gateway.config import parse_config
+from serve.gateway.requests import prefix_keys
 from tests.conftest import MODEL_NAME
 from tests.serve.gateway.conftest import start_gateway
 from tests.vllm_support import REQUIRE_VLLM, VLLM_PYTHON
@@ -80,6 +81,15 @@ def test_through_gateway_to_our_engine(server) -> None:
         assert e.value.body["param"] == "input"
     finally:
         gw.stop()
+
+
+def test_prefix_keys_as_the_chat_request_it_becomes() -> None:
+    # a Responses request lands on the replica that caches the same chat prompt's prefix
+    chat = {"messages": [{"role": "system", "content": "Be brief. " * 40}, {"role": "user", "content": "Hi"}]}
+    text = {"instructions": "Be brief. " * 40, "input": "Hi"}
+    parts = {"instructions": "Be brief. " * 40, "input": [{"role": "user", "content": [{"type": "input_text", "text": "Hi"}]}]}
+    keys = prefix_keys(chat, "m", 64, 8)
+    assert len(keys) > 2 and prefix_keys(text, "m", 64, 8) == keys == prefix_keys(parts, "m", 64, 8)
 
 
 @pytest.mark.parametrize("kind", ["sglang", "trtllm"])
