@@ -119,6 +119,15 @@ def test_previous_response_id_continues_and_unknown_is_404(client: OpenAI, serve
         client.responses.retrieve(unstored.id)
 
 
+def test_adapter_by_model_name(client: OpenAI, server) -> None:
+    r = client.responses.create(model="a0", input="Say hello.", temperature=0, max_output_tokens=6)
+    chat = client.chat.completions.create(model="a0", messages=[{"role": "user", "content": "Say hello."}],
+                                          temperature=0, max_tokens=6)
+    assert r.output_text == chat.choices[0].message.content and r.model == "a0"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="no-such-adapter", input="hi", max_output_tokens=2)
+
+
 def test_unsupported_fields_are_400(client: OpenAI, server) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model=server.model, input="hi", reasoning={"effort": "low"})
