@@ -23,8 +23,9 @@ from serve.backends.http1 import HTTP1Pool
 from serve.backends.sse import SSEDecoder
 
 DONE = b"[DONE]"
-#: the last event of a Responses API stream, which has no [DONE] (not preceded by a backslash: not in a string)
-RESPONSES_END = re.compile(rb'(?<!\\)"type":\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
+#: the last event of a Responses API stream, which has no [DONE] (not preceded by a backslash: not in a string).
+#: Not ``error``: ours follows it with ``response.failed``; a stream that ends after it is relayed as broken (502).
+RESPONSES_END = re.compile(rb'(?<!\\)"type":\s*"response\.(?:completed|incomplete|failed)"')
 
 
 def error_message(body: Any, fallback: str) -> str:

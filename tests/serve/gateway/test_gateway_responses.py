@@ -12,6 +12,7 @@ import openai
 import pytest
 from openai import OpenAI
 
+from serve.backends.openai_http import RESPONSES_END
 from serve.gateway.config import parse_config
 from serve.gateway.requests import prefix_keys
 from tests.conftest import MODEL_NAME
@@ -81,6 +82,15 @@ def test_through_gateway_to_our_engine(server) -> None:
         assert e.value.body["param"] == "input"
     finally:
         gw.stop()
+
+
+def test_end_of_a_responses_stream() -> None:
+    # the relay ends the stream at these events (a Responses stream has no [DONE]), never at one quoted in text
+    assert RESPONSES_END.search(b'{"type":"response.completed","response":{"status":"completed"}}')
+    assert RESPONSES_END.search(b'{"response":{},"sequence_number":9,"type": "response.incomplete"}')
+    assert RESPONSES_END.search(b'{"type":"response.failed","response":{}}')
+    assert not RESPONSES_END.search(b'{"type":"response.output_text.delta","delta":"\\"type\\":\\"response.completed\\""}')
+    assert not RESPONSES_END.search(b'{"type":"error","message":"x"}')  # ours sends response.failed after it
 
 
 def test_prefix_keys_as_the_chat_request_it_becomes() -> None:
