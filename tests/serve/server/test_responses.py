@@ -128,6 +128,24 @@ def test_adapter_by_model_name(client: OpenAI, server) -> None:
         client.responses.create(model="no-such-adapter", input="hi", max_output_tokens=2)
 
 
+HOSTILE = [{"input": None}, {"input": []}, {"input": [{"role": "tool", "content": "x"}]},
+           {"input": [{"type": "image", "url": "x"}]}, {"input": [{"role": "user", "content": 5}]},
+           {"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, {"input": "hi", "text": {"format": "x"}},
+           {"input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": 3}}},
+           {"input": "hi", "tools": [{"type": "function"}]}, {"input": "hi", "tool_choice": {"type": "function"}},
+           {"input": "hi", "tools": [WEATHER], "tool_choice": {"type": "function", "name": "nope"}},
+           {"input": "hi", "max_output_tokens": -1}, {"input": "hi", "temperature": 9}, {"input": "hi", "truncation": "auto"},
+           {"input": [{"type": "function_call_output", "call_id": "c", "output": {"a": 1}}]}]
+
+
+def test_malformed_requests_are_4xx_naming_the_field(http, server) -> None:
+    for body in HOSTILE:
+        r = http.post("/v1/responses", json={"model": server.model, **body})
+        assert 400 <= r.status_code < 500, (body, r.status_code, r.text)
+        assert r.json()["error"]["message"], body
+    assert http.get("/v1/responses/resp_nope").status_code == 404
+
+
 def test_unsupported_fields_are_400(client: OpenAI, server) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model=server.model, input="hi", reasoning={"effort": "low"})
