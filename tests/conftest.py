@@ -9,6 +9,7 @@ matmul several times slower.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -259,6 +260,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def running_server(tmp_path_factory, name: str, *flags: str, preload: dict[str, Path] | None = None,
+                   env: dict[str, str] | None = None) -> Iterator[ServerHandle]:
+    """``lorafleet serve`` in fp32 on CPU with the suite's thread count, warnings only, and ``flags``; adapters
+    in ``preload`` are loaded with ``--lora-module``. Yields once ``/health`` answers, stops the process group
+    on exit. Its log is ``<tmp>/<name>*/server.log``."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp(name) / "server.log"
+    cmd = [str(Path(sys.executable).with_name("lorafleet")), "serve", "--model", MODEL_NAME, "--dtype", "float32",
+           "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--num-threads", str(NUM_THREADS),
+           "--log-level", "warning", *flags]
+    for adapter, path in (preload or {}).items():
+        cmd += ["--lora-module", f"{adapter}={path}"]
+    with open(log_path, "wb") as log:
+        # Its own session, so teardown can signal the server and its engine worker process together.
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=None if env is None else {**os.environ, **env})
+    handle = ServerHandle(f"http://127.0.0.1:{port}", MODEL_NAME, dict(preload or {}), log_path, proc)
+    try:
+        _wait_ready(handle)
+        yield handle
+    finally:
+        _stop(proc)
+
+
 @pytest.fixture(scope="session")
 def server(base_model_path: Path, lora_adapters: dict[str, Path], tmp_path_factory) -> Iterator[ServerHandle]:
     """``lorafleet serve`` in fp32 with adapters a0 and a1 preloaded (a2 is left for the load endpoint tests, so
@@ -267,24 +293,10 @@ def server(base_model_path: Path, lora_adapters: dict[str, Path], tmp_path_facto
     256 KV blocks and a 1024-token context keep it small; the context cap also makes "prompt too long" cheap
     to provoke. Readiness is a poll of ``/health``; teardown terminates the process (then kills it).
     """
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    preloaded = {n: lora_adapters[n] for n in ("a0", "a1")}
-    cmd = [str(Path(sys.executable).with_name("lorafleet")), "serve", "--model", MODEL_NAME, "--dtype", "float32",
-           "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--num-kv-blocks", "256",
-           "--max-model-len", str(SERVER_MAX_MODEL_LEN), "--max-loras", "4", "--num-threads", str(NUM_THREADS),
-           "--log-level", "warning", "--allow-runtime-lora", str(tmp_path_factory.getbasetemp())]
-    for name, path in preloaded.items():
-        cmd += ["--lora-module", f"{name}={path}"]
-    with open(log_path, "wb") as log:
-        # Its own session, so teardown can signal the server and its engine worker process together.
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    handle = ServerHandle(f"http://127.0.0.1:{port}", MODEL_NAME, preloaded, log_path, proc)
-    try:
-        _wait_ready(handle)
+    with running_server(tmp_path_factory, "server", "--num-kv-blocks", "256", "--max-model-len",
+                        str(SERVER_MAX_MODEL_LEN), "--max-loras", "4", "--allow-runtime-lora",
+                        str(tmp_path_factory.getbasetemp()), preload={n: lora_adapters[n] for n in ("a0", "a1")}) as handle:
         yield handle
-    finally:
-        _stop(proc)
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -9,8 +9,6 @@ passed, so a failing test can never be counted as a success. The file is merged 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ import pytest
 
 from bench.reliability import record_cases
 from bench.soak_figures import metric_total, parse_prometheus
-from tests.conftest import MODEL_NAME, NUM_THREADS, ServerHandle, _stop, _wait_ready, free_port
+from tests.conftest import ServerHandle, running_server
 from tests.serve.conftest import FakeServer, fake_server  # noqa: F401  (fixtures shared with tests/serve)
 from tests.serve.gateway.conftest import GatewayHandle, run_gateway  # noqa: F401
 
@@ -125,22 +123,11 @@ def wait_until_released(probes: dict[str, Callable[[], dict[str, float]]], timeo
 def engine_server(base_model_path: Path, tmp_path_factory) -> Iterator[ServerHandle]:
     """``lorafleet serve`` with a small KV cache (32 blocks of 16 tokens), 2 LoRA slots and a 512-token
     context: the target of the engine fault, fuzz and security cases (it may be flooded and fuzzed)."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("reliability-server") / "server.log"
-    cmd = [str(Path(sys.executable).with_name("lorafleet")), "serve", "--model", MODEL_NAME, "--dtype", "float32",
-           "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--num-kv-blocks", str(ENGINE_KV_BLOCKS),
-           "--max-model-len", str(ENGINE_MAX_MODEL_LEN), "--max-num-seqs", "8", "--max-loras", "2",
-           "--num-threads", str(NUM_THREADS), "--log-level", "warning",
-           # gateways in front of it load adapters from the session's temporary directories (#24: off by default)
-           "--allow-runtime-lora", str(tmp_path_factory.getbasetemp())]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    handle = ServerHandle(f"http://127.0.0.1:{port}", MODEL_NAME, {}, log_path, proc)
-    try:
-        _wait_ready(handle)
+    with running_server(tmp_path_factory, "reliability-server", "--num-kv-blocks", str(ENGINE_KV_BLOCKS),
+                        "--max-model-len", str(ENGINE_MAX_MODEL_LEN), "--max-num-seqs", "8", "--max-loras", "2",
+                        # gateways in front of it load adapters from the session's temporary directories (#24)
+                        "--allow-runtime-lora", str(tmp_path_factory.getbasetemp())) as handle:
         yield handle
-    finally:
-        _stop(proc)
 
 
 @pytest.fixture

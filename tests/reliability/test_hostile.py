@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import MODEL_NAME, NUM_THREADS, ServerHandle, _stop, _wait_ready, free_port
+from tests.conftest import MODEL_NAME, ServerHandle, running_server
 from tests.reliability.conftest import _passed
 from tests.serve.gateway.conftest import GatewayHandle, start_gateway
 from tests.serve.server.hostile_cases import BIG, FIELD_CASES
@@ -39,20 +37,9 @@ JSON = {"content-type": "application/json"}
 def hostile_server(base_model_path: Path, tmp_path_factory) -> Iterator[ServerHandle]:
     """``lorafleet serve`` with its defaults where they matter here (body limit, runtime loading off), a small
     KV cache and a 512-token context."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("hostile-server") / "server.log"
-    cmd = [str(Path(sys.executable).with_name("lorafleet")), "serve", "--model", MODEL_NAME, "--dtype", "float32",
-           "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--num-kv-blocks", "64",
-           "--max-model-len", str(MAX_MODEL_LEN), "--max-num-seqs", "8", "--num-threads", str(NUM_THREADS),
-           "--log-level", "warning"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    handle = ServerHandle(f"http://127.0.0.1:{port}", MODEL_NAME, {}, log_path, proc)
-    try:
-        _wait_ready(handle)
+    with running_server(tmp_path_factory, "hostile-server", "--num-kv-blocks", "64", "--max-model-len",
+                        str(MAX_MODEL_LEN), "--max-num-seqs", "8") as handle:
         yield handle
-    finally:
-        _stop(proc)
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,9 @@ loading only from the allowed roots, with one message for every path outside the
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +20,7 @@ import pytest
 from lorafleet.config import ServerConfig
 from serve.server.errors import HTTPError
 from serve.server.runtime_lora import DISABLED, require_enabled
-from tests.conftest import MODEL_NAME, NUM_THREADS, ServerHandle, _stop, _wait_ready, free_port
+from tests.conftest import MODEL_NAME, ServerHandle, running_server
 from tests.serve.gateway.conftest import start_gateway
 from tests.serve.server.hostile_cases import FIELD_CASES
 
@@ -39,21 +36,10 @@ def keyed_server(base_model_path: Path, lora_adapters: dict[str, Path], tmp_path
     which holds a copy of adapter a2."""
     root = tmp_path_factory.mktemp("allowed-adapters")
     shutil.copytree(lora_adapters["a2"], root / "a2")
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("keyed-server") / "server.log"
-    cmd = [str(Path(sys.executable).with_name("lorafleet")), "serve", "--model", MODEL_NAME, "--dtype", "float32",
-           "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--num-kv-blocks", "64",
-           "--max-model-len", str(MAX_MODEL_LEN), "--max-loras", "2", "--num-threads", str(NUM_THREADS),
-           "--log-level", "warning", "--allow-runtime-lora", str(root)]
-    env = {**os.environ, "LORAFLEET_API_KEY": API_KEY}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    handle = ServerHandle(f"http://127.0.0.1:{port}", MODEL_NAME, {"a2": root / "a2"}, log_path, proc)
-    try:
-        _wait_ready(handle)
-        yield handle
-    finally:
-        _stop(proc)
+    with running_server(tmp_path_factory, "keyed-server", "--num-kv-blocks", "64", "--max-model-len",
+                        str(MAX_MODEL_LEN), "--max-loras", "2", "--allow-runtime-lora", str(root),
+                        env={"LORAFLEET_API_KEY": API_KEY}) as handle:
+        yield ServerHandle(handle.base_url, handle.model, {"a2": root / "a2"}, handle.log_path, handle.process)
 
 
 @pytest.fixture
