@@ -30,6 +30,7 @@ FIXTURE_MARKERS: dict[str, str] = {
     "locust_run": "load",
     # soaks, fuzzing and hostile input
     "soak_run": "soak",
+    "reliability_cases": "reliability",  # the reliability suites (faults, security, durability, soak, fuzz)
     "engine_server": "reliability",  # the reliability suites' engine server (flooded, fuzzed, killed)
     "hostile_server": "hostile",
     "hostile_gateway": "hostile",
@@ -56,7 +57,7 @@ MARKERS = {
     "fuzz": "property-based or schema fuzzing (hypothesis, schemathesis)",
     "stack": "starts a multi-process stack from a fresh install",
     "install": "installs lorafleet into a new venv",
-    "slow": "takes more than a minute",
+    "slow": "too long for the fast tier's 10-minute budget (each use says why and what covers it there)",
     "gpu": "needs a CUDA device",
 }
 

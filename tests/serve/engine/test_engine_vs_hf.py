@@ -180,6 +180,7 @@ def test_chunked_prefill_of_a_long_prompt_matches(tight_engine, prompt_set, solo
     assert mismatches([prompt_set[i].label], [tokens], [hf_refs[i]], eos_token_ids, NUM_NEW_TOKENS) == []
     assert tokens == solo_outputs[i]
 
+@pytest.mark.slow  # full tier: 64 requests through preemption (~20 s); test_scheduler covers preemption's bookkeeping
 
 def test_64_requests_on_a_tiny_kv_cache_preempt_and_stay_correct(tight_engine, prompt_set, solo_outputs) -> None:
     eng = tight_engine
@@ -204,6 +205,7 @@ def test_more_adapters_than_slots_wait_and_stay_correct(tight_engine, lora_cases
     assert eng.stats().num_pending_adapter == 0
 
 
+@pytest.mark.slow  # full tier: a second engine in bf16 (~8 s); fp32 equality is the fast tier's check
 # -- (4) bf16 ------------------------------------------------------------------------------------------------
 def test_bf16_mostly_agrees_with_hf_fp32(make_engine, prompt_set, hf_model) -> None:
     """Each bf16 greedy token is compared with HF fp32's argmax *given the same context* (one teacher-forced

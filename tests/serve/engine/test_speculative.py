@@ -103,6 +103,7 @@ INPUT_GROUNDED = (
 def run(engine, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
     return engine.generate(prompts, params)
 
+@pytest.mark.slow  # full tier: ~7 s; test_openai_features checks greedy output with speculation on through the server
 
 def test_greedy_output_is_identical_with_speculation(engine, tokenizer) -> None:
     from lorafleet.chat import chat_token_ids

@@ -138,6 +138,7 @@ def test_adapters_load_on_demand_within_the_slots(gateway, replicas, lora_adapte
         assert len(view[f"r{i}"]) <= 2
     assert set().union(*view.values()) == set(lora_adapters)  # 4 slots for 3 adapters: all stay loaded
 
+@pytest.mark.slow  # full tier: one more engine started (~8 s); the two-replica tests stay in the fast tier
 
 def test_gateway_launches_an_embedded_replica_itself(base_model_path, gateway_starter) -> None:
     port = _port()
@@ -155,6 +156,7 @@ def test_gateway_launches_an_embedded_replica_itself(base_model_path, gateway_st
         gw.stop()
     assert proc.poll() is not None  # stopped with the gateway
 
+@pytest.mark.slow  # full tier: one more engine started (~8 s); the two-replica tests stay in the fast tier
 
 def test_in_process_engine_answers_like_a_replica(gateway, base_model_path, gateway_starter) -> None:
     """An embedded backend with ``engine:`` runs the engine inside the gateway process (its step loop on a

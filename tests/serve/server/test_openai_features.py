@@ -131,6 +131,7 @@ def test_an_uncompilable_schema_is_400_naming_the_problem(client, server, stream
     assert err.value.body["param"] == "response_format"
 
 
+@pytest.mark.slow  # full tier: 20 prompts (~11 s); the named and auto tool tests stay in the fast tier
 # -- tools -----------------------------------------------------------------------------------------------------
 def test_required_tool_calls_always_validate(client, server) -> None:
     assert_valid_tool_calls(required_tool_calls(client, server.model))

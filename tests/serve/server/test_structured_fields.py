@@ -91,6 +91,7 @@ def batch(client, server, extra: dict, max_tokens: int) -> list:
     return r.choices
 
 
+@pytest.mark.slow  # full tier: 50 sampled prompts each (~3 s a spelling); the grammar and json tests stay in the fast tier
 @pytest.mark.parametrize("extra", [{"structured_outputs": {"choice": CHOICES}}, {"guided_choice": CHOICES}])
 def test_choice_always_conforms(client, server, extra) -> None:
     choices = batch(client, server, extra, 32)
@@ -98,6 +99,7 @@ def test_choice_always_conforms(client, server, extra) -> None:
     assert not bad
 
 
+@pytest.mark.slow  # full tier: 50 sampled prompts each (~3 s a spelling); the grammar and json tests stay in the fast tier
 @pytest.mark.parametrize("extra", [{"structured_outputs": {"regex": REGEX}}, {"guided_regex": REGEX}])
 def test_regex_always_conforms(client, server, extra) -> None:
     choices = batch(client, server, extra, 16)
