@@ -42,6 +42,12 @@ def llmcompressor_python() -> Path:
     return _side_venv(".venv-llmcompressor", "llmcompressor-venv")
 
 
+@pytest.fixture(scope="session")
+def lmeval_python() -> Path:
+    """The lm-evaluation-harness venv's python (``make lmeval-venv``)."""
+    return _side_venv(".venv-lmeval", "lmeval-venv")
+
+
 def run_lorafleet(*args: str, timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``lorafleet ARGS`` as users run it; fails the test with its output if it exits non-zero."""
     out = subprocess.run([LORAFLEET, *args], capture_output=True, text=True, timeout=timeout,

