@@ -49,6 +49,9 @@ class RequestOutput:
     #: raw logprobs of the prompt's tokens (``None`` for the first), on the choice's first output when the
     #: request asked for ``prompt_logprobs``
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    #: raw logprob of the EOS / stop token id that ended the choice (not in ``logprobs``), when the request
+    #: asked for logprobs; completions ``echo`` lists it last, as vLLM does
+    stop_logprob: TokenLogprob | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,13 +317,13 @@ class LLMEngine:
         params = seq.params
         seq.times.first_token = seq.times.first_token or now
         seq.times.last_token = now
-        status, text, kept = None, "", []
+        status, text, kept, closing = None, "", [], None
         for j, token in enumerate(tokens):
             seq.token_ids.append(token)
             if seq.guide is not None:
                 seq.guide.accept(token)
             if token in params.stop_token_ids or (token in self.eos_token_ids and not params.ignore_eos):
-                status = SeqStatus.FINISHED_STOPPED
+                status, closing = SeqStatus.FINISHED_STOPPED, j
             else:
                 kept.append(j)
                 text += choice.detok.add(token)
@@ -351,6 +354,7 @@ class LLMEngine:
             index=seq.index,
             logprobs=tuple(logprobs[k] for k in kept) if logprobs is not None else None,
             prompt_logprobs=prompt_logprobs,
+            stop_logprob=logprobs[closing] if logprobs is not None and closing is not None else None,
         )
 
     def _finish(self, req: _Request, seq: Sequence, status: SeqStatus, now: float) -> None:

@@ -2,9 +2,11 @@
 
 ``echo: true`` puts the prompt before each choice's text; with ``logprobs: k`` the ``logprobs`` block covers
 the prompt's tokens too (the first one ``null``: nothing predicts it), which is how lm-evaluation-harness
-scores multiple-choice tasks. ``echo`` with ``max_tokens: 0`` returns the prompt alone (one token is run and
-left out, as vLLM does). The prompt's logprobs come from the prefill (``SamplingParams.prompt_logprobs``).
-Streamed, each choice's first chunk carries the prompt (:class:`StreamEcho`).
+scores multiple-choice tasks. The output's part ends with the EOS / stop token id that ended a choice, as in
+vLLM: lm-eval drops the last entry of a ``max_tokens: 1`` answer as the generated token. ``echo`` with
+``max_tokens: 0`` returns the prompt alone (one token is run and left out, as vLLM does). The prompt's
+logprobs come from the prefill (``SamplingParams.prompt_logprobs``). Streamed, each choice's first chunk
+carries the prompt (:class:`StreamEcho`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def completion_choices(strings: TokenStrings, tokenizer: Any, req: CompletionReq
     choices = []
     for i, run in enumerate(runs):
         for j, c in enumerate(run.choices):
-            entries = [] if echo_only else c.logprobs
+            entries = [] if echo_only else c.logprobs + ([c.stop_logprob] if req.echo and c.stop_logprob else [])
             logprobs = None
             if params.logprobs is not None:
                 logprobs = (echo_completion_logprobs(strings, prompts[i], run.prompt_logprobs, entries) if req.echo
@@ -67,7 +69,8 @@ class StreamEcho:
         self._started.add((i, item.index))
         if self.echo_only and not first:
             return None
-        entries = [] if self.echo_only else list(item.logprobs or ())
+        closing = [item.stop_logprob] if item.stop_logprob else []
+        entries = [] if self.echo_only else [*(item.logprobs or ()), *closing]
         text = "" if self.echo_only else item.text
         if first:
             lp = None

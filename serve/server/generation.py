@@ -28,6 +28,7 @@ class ChoiceState:
     finish_reason: str | None = None
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    stop_logprob: TokenLogprob | None = None  #: of the EOS / stop token id that ended it, if logprobs were asked
     num_output_tokens: int = 0
 
 
@@ -51,6 +52,8 @@ class PromptRun:
         c.token_ids.extend(out.token_ids)
         if out.logprobs:
             c.logprobs.extend(out.logprobs)
+        if out.stop_logprob is not None:
+            c.stop_logprob = out.stop_logprob
         c.num_output_tokens = out.num_output_tokens
         self.num_prompt_tokens, self.num_cached_tokens = out.num_prompt_tokens, out.num_cached_tokens
         if out.prompt_logprobs is not None:

@@ -114,3 +114,26 @@ def test_prompt_logprobs_are_refused_when_streamed(client, server) -> None:
         client.completions.create(model=server.model, prompt=CONTEXT, max_tokens=1, stream=True,
                                   extra_body={"prompt_logprobs": 1})
     assert e.value.body["param"] == "prompt_logprobs"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_echo_logprobs_end_with_the_stop_token(client, server, tokenizer, stream) -> None:
+    """As in vLLM, the token id that ends a choice (EOS or a stop token id) is the echo block's last entry:
+    lm-eval drops the last entry of a ``max_tokens: 1`` answer as the generated one, whatever it is."""
+    ids = tokenizer(CONTEXT + CONTINUATIONS[0]).input_ids
+    kw = dict(model=server.model, prompt=[ids], echo=True, logprobs=1, max_tokens=1, temperature=0)
+    plain = client.completions.create(**kw).choices[0].logprobs
+    # the token the model picks there, sent back as a stop token id: it ends the choice instead of being text
+    nxt = client.completions.create(**kw, extra_body={"return_token_ids": True}).choices[0].model_extra["token_ids"]
+    stop_kw = dict(kw, extra_body={"stop_token_ids": nxt})
+    if stream:
+        chunks = [c for c in client.completions.create(**stop_kw, stream=True) for c in c.choices]
+        tokens = [t for c in chunks if c.logprobs for t in c.logprobs.tokens]
+        values = [v for c in chunks if c.logprobs for v in c.logprobs.token_logprobs]
+        text, finish = "".join(c.text for c in chunks), chunks[-1].finish_reason
+    else:
+        choice = client.completions.create(**stop_kw).choices[0]
+        tokens, values = choice.logprobs.tokens, choice.logprobs.token_logprobs
+        text, finish = choice.text, choice.finish_reason
+    assert finish == "stop" and text == tokenizer.decode(ids) and len(tokens) == len(ids) + 1
+    assert tokens == plain.tokens and values[1:] == pytest.approx(plain.token_logprobs[1:], abs=TOLERANCE)
