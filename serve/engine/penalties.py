@@ -61,7 +61,10 @@ def apply_penalties(logits: torch.Tensor, prompt_mask: torch.Tensor, output_coun
     """Penalized copy of ``logits`` [m, vocab] (fp32); the settings are [m] tensors, see the module docstring."""
     seen = prompt_mask | (output_counts > 0)
     rep = repetition[:, None]
-    scaled = torch.where(logits > 0, logits / rep, logits * rep)
+    # A tiny penalty (any r > 0 is allowed, as in vLLM) divides a positive logit past the dtype's range; +inf
+    # would make the row's softmax NaN, so it is capped at the largest finite value (still a certain pick).
+    # A huge one sends negative logits to -inf, which only rules those tokens out.
+    scaled = torch.where(logits > 0, (logits / rep).clamp(max=torch.finfo(logits.dtype).max), logits * rep)
     logits = torch.where(seen, scaled, logits)
     return logits - frequency[:, None] * output_counts - presence[:, None] * (output_counts > 0).to(logits.dtype)
 

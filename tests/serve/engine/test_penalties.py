@@ -115,3 +115,16 @@ def test_batched_adjust_only_touches_its_rows(logits: torch.Tensor) -> None:
     torch.testing.assert_close(out[2:], expected)
     b = SamplingBatch((0.0,) * 3, (1.0,) * 3, (-1,) * 3, (None,) * 3, adjust=banned)
     assert sample(logits.clone(), b) == out.argmax(-1).tolist()
+
+
+def test_extreme_repetition_penalties_keep_the_row_finite() -> None:
+    """r = 1e-40 (found by fuzzing: it overflowed to +inf and made the softmax NaN, a 500) and r = 1e40."""
+    logits = torch.tensor([[3.0, -2.0, 0.5, 1.0]])
+    seen = torch.tensor([[True, True, False, False]])
+    counts = torch.zeros(1, 4)
+    zero = torch.zeros(1)
+    tiny = apply_penalties(logits, seen, counts, zero, zero, torch.tensor([1e-40]))
+    assert not tiny.isnan().any() and tiny[0, 0] == torch.finfo(torch.float32).max and abs(tiny[0, 1]) < 1e-30
+    assert torch.softmax(tiny, -1).argmax() == 0 and not torch.softmax(tiny, -1).isnan().any()
+    huge = apply_penalties(logits, seen, counts, zero, zero, torch.tensor([1e40]))
+    assert huge[0, 1] == float("-inf") and huge[0, 0] < 1e-30 and torch.softmax(huge, -1).argmax() == 3
