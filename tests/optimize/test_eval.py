@@ -23,6 +23,7 @@ def passage(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow  # full tier: ~6 s; test_kv_quant's fp32 scoring equals HF in the fast tier
 def test_hf_and_engine_perplexities_agree(base_model_path, passage) -> None:
     from optimize.ppl import evaluate
 

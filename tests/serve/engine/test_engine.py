@@ -105,6 +105,7 @@ def test_context_length_caps_generation(make_engine, story_ids) -> None:
     assert small.block_manager.num_free_blocks == small.block_manager.num_blocks
 
 
+@pytest.mark.slow  # full tier: ~7 s; test_openai_sdk checks seeded sampling through the server
 def test_seeds_make_sampling_reproducible(engine, story_ids) -> None:
     def sample(seed: int | None, **kw) -> list[int]:
         params = SamplingParams(max_tokens=16, temperature=1.0, seed=seed, ignore_eos=True, **kw)

@@ -30,6 +30,7 @@ def prompt(tokenizer) -> list[int]:
     return ids
 
 
+@pytest.mark.slow  # full tier: ~7 s; test_openai_features checks seeded n through the server
 def test_choices_repeat_with_a_seed_and_equal_independent_runs(engine, prompt) -> None:
     params = SamplingParams(max_tokens=20, temperature=0.9, seed=42, n=4, ignore_eos=True)
     first = run(engine, prompt, params)
