@@ -7,18 +7,16 @@ fails the test; a bare ``pytest`` skips it.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.train.helpers import run_cli
 from tests.vllm_support import REQUIRE_VLLM
 
 ROOT = Path(__file__).resolve().parents[1]
-LORAFLEET = str(Path(sys.executable).with_name("lorafleet"))
 
 
 def _side_venv(name: str, make_target: str) -> Path:
@@ -48,19 +46,11 @@ def lmeval_python() -> Path:
     return _side_venv(".venv-lmeval", "lmeval-venv")
 
 
-def run_lorafleet(*args: str, timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``lorafleet ARGS`` as users run it; fails the test with its output if it exits non-zero."""
-    out = subprocess.run([LORAFLEET, *args], capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, **(env or {})})
-    assert out.returncode == 0, f"lorafleet {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr[-4000:]}"
-    return out
-
-
 @pytest.fixture(scope="session")
 def train_cli() -> Callable[..., subprocess.CompletedProcess]:
     """``train_cli(*args, timeout=900)``: runs ``lorafleet ARGS`` for a training job (``train sft``, ``train dpo``,
-    a resume ...) and asserts it exits 0."""
-    return run_lorafleet
+    a resume ...) and asserts it exits 0 (tests/train/helpers.py's ``run_cli``)."""
+    return run_cli
 
 
 @pytest.fixture(scope="session")
