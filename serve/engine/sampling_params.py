@@ -137,11 +137,15 @@ class SamplingParams:
         return problems
 
     @property
+    def is_penalized(self) -> bool:
+        """Whether a presence, frequency or repetition penalty is set."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+
+    @property
     def has_logits_adjust(self) -> bool:
         """Whether anything changes the logits before sampling (penalties, bias, bans, min_tokens, allowed ids)."""
-        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
-                    or self.logit_bias or self.bad_words or self.bad_words_token_ids or self.min_tokens
-                    or self.allowed_token_ids)
+        return bool(self.is_penalized or self.logit_bias or self.bad_words or self.bad_words_token_ids
+                    or self.min_tokens or self.allowed_token_ids)
 
     @property
     def is_greedy(self) -> bool:

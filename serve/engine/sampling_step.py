@@ -124,18 +124,14 @@ class StepSampler:
         return out
 
 
-def _penalized(seq: Sequence) -> bool:
-    p = seq.params
-    return bool(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0)
-
-
 def logits_adjust(seqs: list[Sequence], vocab_size: int, device: torch.device) -> LogitsAdjust | None:
     """The penalties, biases and bans of a step whose row i samples for ``seqs[i]`` (None if there are none).
     Python walks only the rows that use these features, to gather token ids; the math is batched."""
+    active = [(i, s) for i, s in enumerate(seqs) if s.params.has_logits_adjust]
+    if not active:  # the usual step: one pass over the rows, nothing built
+        return None
     rows, token_ids, values = [], [], []
-    for i, s in enumerate(seqs):
-        if not s.params.has_logits_adjust:
-            continue
+    for i, s in active:
         banned = banned_by_bad_words(s.output_token_ids, s.bad_words_token_ids) if s.bad_words_token_ids else []
         if s.num_output_tokens < s.params.min_tokens:
             banned += s.min_tokens_stop_ids
@@ -143,8 +139,8 @@ def logits_adjust(seqs: list[Sequence], vocab_size: int, device: torch.device) -
         rows += [i] * len(pairs)
         token_ids += [t for t, _ in pairs]
         values += [v for _, v in pairs]
-    penalized = [i for i, s in enumerate(seqs) if _penalized(s)]
-    restricted = [i for i, s in enumerate(seqs) if s.params.allowed_token_ids]
+    penalized = [i for i, s in active if s.params.is_penalized]
+    restricted = [i for i, s in active if s.params.allowed_token_ids]
     if not rows and not penalized and not restricted:
         return None
     allowed_rows = allowed_mask = None
